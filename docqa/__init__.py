@@ -1,0 +1,3 @@
+"""docqa: PDFs in, held-out-evaluated QLoRA adapters out."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,154 @@
+"""The ``docqa`` command: run the pipeline locally, write the sample corpus, list recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+PREFECT_UI_URL = "http://127.0.0.1:4200"
+
+
+def configure_environment(workspace: Path) -> dict[str, str]:
+    """Local defaults, set before Prefect is imported: a Prefect home inside the workspace (its
+    ephemeral server and database), unless the user points at a server or a home of their own."""
+    chosen = {}
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        chosen["PREFECT_HOME"] = str(workspace / "prefect")
+    chosen.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    chosen.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for key, value in chosen.items():
+        os.environ.setdefault(key, value)
+    return chosen
+
+
+@app.command()
+def run(
+    docs: Annotated[
+        Path | None, typer.Option(help="folder of PDFs (.txt/.md too); default: the sample corpus")
+    ] = None,
+    workspace: Annotated[Path, typer.Option(help="where outputs, reports and the MLflow store go")] = Path(
+        "workspace"
+    ),
+    recipe: Annotated[
+        str | None, typer.Option(help="YAML file or shipped recipe name (docqa recipes)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting, e.g. --set pretrain.lora.r=64")
+    ] = None,
+) -> None:
+    """Run the whole pipeline locally and print what each stage did."""
+    try:
+        settings = load_recipe(recipe, overrides)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    if docs is not None and not docs.is_dir():
+        console.print(f"[red]--docs {docs} is not a folder[/red]")
+        raise typer.Exit(2)
+    workspace = workspace.resolve()
+    configure_environment(workspace)
+    from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
+
+    console.rule(f"docqa · recipe {settings.name} · workspace {workspace}")
+    try:
+        docqa_pipeline(
+            docs=str(docs.resolve()) if docs else None,
+            workspace=str(workspace),
+            recipe_name=settings.name,
+            experiment=settings.experiment,
+            **{section: getattr(settings, section) for section in ("model", "split", *STAGES)},
+        )
+    except Exception as error:
+        report = _latest_report(workspace)
+        if report:
+            print_summary(report)
+        console.print(f"\n[bold red]docqa run failed:[/bold red] {error}")
+        raise typer.Exit(1) from error
+    report = _latest_report(workspace)
+    print_summary(report)
+    print_ui_commands(report, workspace)
+
+
+@app.command("sample-corpus")
+def sample_corpus(folder: Path) -> None:
+    """Write the bundled sample corpus (PDFs of the Python Language Reference) into FOLDER."""
+    from docqa.sample_corpus import write_sample_corpus
+
+    paths = write_sample_corpus(folder)
+    console.print(f"wrote {len(paths)} PDFs to {folder}")
+    for path in paths:
+        console.print(f"  {path.name}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes."""
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        settings = load_recipe(path)
+        console.print(f"[bold]{path.stem}[/bold]: {settings.description}")
+
+
+def _latest_report(workspace: Path) -> dict[str, Any] | None:
+    path = workspace / "reports" / "latest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    table = Table(title=f"docqa run {report['flow_run_name']} · {report['status']}")
+    for column in ("stage", "status", "cached", "seconds", "key figures"):
+        table.add_column(column)
+    for stage, info in report["stages"].items():
+        colour = {"completed": "green", "failed": "red"}.get(info["status"], "dim")
+        figures = ", ".join(f"{k}={v}" for k, v in info["figures"].items()) or (info.get("error") or "")
+        cached = "yes" if info["cached"] else "no"
+        table.add_row(
+            stage, f"[{colour}]{info['status']}[/{colour}]", cached, f"{info['seconds']:.1f}", figures
+        )
+    console.print(table)
+    metrics = report.get("metrics") or {}
+    if "perplexity" in metrics:
+        ppl = metrics["perplexity"]
+        console.print(
+            "held-out perplexity: " + " → ".join(f"{state} {value:.2f}" for state, value in ppl.items())
+        )
+        for state, scores in metrics["rouge"].items():
+            console.print(
+                f"held-out ROUGE ({state}): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            )
+    console.print("counts: " + ", ".join(f"{k}={v}" for k, v in report.get("counts", {}).items()))
+    failed = [d for d in report.get("documents", []) if d["status"] == "failed"]
+    for document in failed:
+        console.print(f"[yellow]document failed[/yellow] {document['path']}: {document['reason']}")
+
+
+def print_ui_commands(report: dict[str, Any], workspace: Path) -> None:
+    from docqa.tracking import tracking_uri, ui_command
+
+    console.print(f"\nreport: {workspace / 'reports' / (report['flow_run_name'] + '.json')}")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        console.print(f"Prefect UI: {api.removesuffix('/api')}/runs/flow-run/{report['flow_run_id']}")
+    else:
+        console.print(
+            f"Prefect UI:  PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start   "
+            f"→ {PREFECT_UI_URL}/runs/flow-run/{report['flow_run_id']}"
+        )
+    command = ui_command(tracking_uri(workspace))
+    if command:
+        console.print(f"MLflow UI:   {command}   → {report['links']['mlflow_run']}")
+    else:
+        console.print(f"MLflow UI:   {report['links']['mlflow_run']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,127 @@
+"""Loading the base model, its tokenizer and LoRA adapters: the same code path for a tiny local
+folder on CPU and a Llama checkpoint from the hub on a GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from pydantic import BaseModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from docqa.hashing import json_digest, tree_digest
+from docqa.settings import LoraSettings, ModelSettings
+
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
+
+
+class BaseModelRef(BaseModel):
+    """Where the base model is and what it holds (digests feed the cache keys)."""
+
+    path: str  # local folder, or a hub id
+    digest: str  # weights + config + tokenizer
+    tokenizer_digest: str
+    source: str  # "bootstrap" | "local" | "hub"
+
+
+def cache_root() -> Path:
+    """Where built artefacts shared across workspaces live (the bootstrap base)."""
+    return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
+
+
+def describe_base(path_or_id: str, revision: str | None = None, source: str | None = None) -> BaseModelRef:
+    """Fingerprint a local folder by content; a hub id by its name and revision."""
+    folder = Path(path_or_id)
+    if folder.is_dir():
+        return BaseModelRef(
+            path=str(folder.resolve()),
+            digest=tree_digest(folder),
+            tokenizer_digest=tree_digest(folder, TOKENIZER_FILES),
+            source=source or "local",
+        )
+    identity = json_digest({"hub": path_or_id, "revision": revision})
+    return BaseModelRef(path=path_or_id, digest=identity, tokenizer_digest=identity, source="hub")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(settings: ModelSettings) -> torch.dtype:
+    if settings.compute_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, settings.compute_dtype)
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if tokenizer.pad_token is None:
+        # Llama-2/3 ship no pad token; padding positions are masked, so eos serves.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(settings: ModelSettings) -> BitsAndBytesConfig | None:
+    if not settings.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.quant_type,
+        bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(settings),
+    )
+
+
+def load_base_model(base: BaseModelRef, settings: ModelSettings, for_training: bool) -> PreTrainedModel:
+    """The base in 4-bit NF4 (QLoRA) or in the compute dtype, on the GPU when there is one."""
+    model = AutoModelForCausalLM.from_pretrained(
+        base.path,
+        revision=settings.revision if base.source == "hub" else None,
+        quantization_config=quantization_config(settings),
+        dtype=compute_dtype(settings),
+        device_map={"": device().index or 0} if device().type == "cuda" else {"": "cpu"},
+        attn_implementation=settings.attn_implementation,
+    )
+    if for_training and settings.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_adapted_model(base: BaseModelRef, settings: ModelSettings, adapters: dict[str, Path]) -> PeftModel:
+    """The base with the given adapters loaded (frozen), in order; all of them active.
+
+    The pretraining and SFT adapters are *stacked*, not merged: each LoRA adds its own low-rank update
+    to the same frozen (4-bit) base weights, so no full-precision copy of the base is ever built.
+    """
+    names = list(adapters)
+    model = load_base_model(base, settings, for_training=False)
+    model = PeftModel.from_pretrained(model, str(adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapters[name]), adapter_name=name)
+    model.base_model.set_adapter(names)
+    model.eval()
+    return model
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,197 @@
+"""After each stage: its key figures for the report table, its part of the run report, and its MLflow
+record (metrics, datasets, artifacts). A cached stage is recorded too, from its saved outputs, so every
+parent run in MLflow is complete on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from docqa.modeling import TOKENIZER_FILES
+from docqa.report import DocumentReport, RunReport
+from docqa.settings import Recipe, flatten
+from docqa.stages.chunk import ChunkOutput, chunks_file, read_document_chunks
+from docqa.stages.evaluate import EvalOutput, read_generations
+from docqa.stages.ingest import IngestOutput, read_documents
+from docqa.stages.synthesize import SynthesizeOutput
+from docqa.tracking import Tracker, loss_figure
+from docqa.training import LOG_HISTORY_FILE, TrainOutput, read_log_history
+
+
+class StageRecorder:
+    """Records stage outputs into the report and MLflow for one pipeline run."""
+
+    def __init__(self, tracker: Tracker, report: RunReport):
+        self.tracker = tracker
+        self.report = report
+
+    def record(self, stage: str, run_id: str, output: Any, cached: bool) -> dict[str, Any]:
+        return getattr(self, f"_{stage}")(run_id, output, cached)
+
+    def _ingest(self, run_id: str, output: IngestOutput, cached: bool) -> dict[str, Any]:
+        documents = read_documents(Path(output.path))
+        self.report.documents = [
+            DocumentReport(
+                path=d.path,
+                sha256=d.sha256,
+                status=d.status,
+                reason=d.reason,
+                pages=d.n_pages,
+                chunks=0,
+                split=None,
+                duplicate_of=d.duplicate_of,
+                title=d.title,
+            )
+            for d in documents
+        ]
+        self.report.counts.update(
+            documents_ok=output.documents_ok,
+            documents_failed=output.documents_failed,
+            documents_duplicate=output.documents_duplicate,
+            pages=output.pages,
+        )
+        figures = {
+            "documents": output.documents,
+            "ok": output.documents_ok,
+            "failed": output.documents_failed,
+            "duplicates": output.documents_duplicate,
+            "pages": output.pages,
+            "extracted_now": 0 if cached else output.extracted,
+        }
+        self.tracker.log_metrics(run_id, figures)
+        rows = [
+            d.model_dump(include={"path", "sha256", "status", "reason", "pages", "title"})
+            for d in self.report.documents
+        ]
+        self.tracker.log_table(run_id, rows, "documents.json")
+        return figures
+
+    def _chunk(self, run_id: str, output: ChunkOutput, cached: bool) -> dict[str, Any]:
+        per_document = {info["path"]: info for info in read_document_chunks(Path(output.path)).values()}
+        for document in self.report.documents:
+            info = per_document.get(document.path)
+            if info is not None:
+                document.chunks, document.split = info["chunks"], info["split"]
+        self.report.counts.update(
+            chunks=output.chunks,
+            chunks_train=output.train_chunks,
+            chunks_eval=output.eval_chunks,
+            chunks_duplicate=output.duplicate_chunks,
+        )
+        figures = {
+            "chunks": output.chunks,
+            "train_docs": output.train_documents,
+            "eval_docs": output.eval_documents,
+            "duplicate_chunks": output.duplicate_chunks,
+            "short_dropped": output.short_chunks_dropped,
+        }
+        self.tracker.log_metrics(run_id, figures)
+        frame = pd.read_parquet(chunks_file(Path(output.path)))
+        for target in (run_id, self.report.mlflow_run_id):
+            self.tracker.log_dataset(
+                target, frame, "chunks", output.digest, chunks_file(Path(output.path)), "pretraining"
+            )
+        return figures
+
+    def _synthesize(self, run_id: str, output: SynthesizeOutput, cached: bool) -> dict[str, Any]:
+        requests = 0 if cached else output.requests
+        self.report.counts.update(
+            qa_train=output.qa_train, qa_eval=output.qa_eval, synthesis_requests=requests
+        )
+        figures = {
+            "qa_train": output.qa_train,
+            "qa_eval": output.qa_eval,
+            "requests": requests,
+            "chunks_failed": output.chunks_failed,
+            "unparsed": output.chunks_unparsed,
+            "rejected": output.pairs_rejected,
+        }
+        self.tracker.log_metrics(run_id, {**figures, "pairs_raw": output.pairs_raw})
+        folder = Path(output.path)
+        for split, context in (("train", "training"), ("eval", "evaluation")):
+            file = folder / f"qa_{split}.parquet"
+            frame = pd.read_parquet(file)
+            for target in (run_id, self.report.mlflow_run_id):
+                self.tracker.log_dataset(target, frame, f"qa_{split}", output.digest, file, context)
+        for name in ("summary.json", "raw_replies.jsonl"):
+            self.tracker.log_artifact(run_id, folder / name, "synthesis")
+        return figures
+
+    def _train(self, stage: str, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
+        history = read_log_history(Path(output.path))
+        if cached:  # a run that trained logged its curves live
+            self.tracker.log_history(run_id, history)
+        figures = {
+            "steps": output.steps,
+            "train_loss": round(output.train_loss, 4),
+            "eval_loss": None if output.eval_loss is None else round(output.eval_loss, 4),
+            "trainable": output.trainable_parameters,
+            "tokens": output.train_tokens,
+        }
+        self.tracker.log_metrics(run_id, {f"final_{k}": v for k, v in figures.items()})
+        self.tracker.log_figure(run_id, loss_figure({stage: history}), f"{stage}_loss.png")
+        self.tracker.log_artifact(run_id, Path(output.path) / LOG_HISTORY_FILE)
+        self.report.outputs[f"{stage}_adapter"] = output.adapter_path
+        return figures
+
+    def _pretrain(self, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
+        return self._train("pretrain", run_id, output, cached)
+
+    def _sft(self, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
+        self.report.metrics["trainable_parameters"] = output.trainable_parameters
+        return self._train("sft", run_id, output, cached)
+
+    def _evaluate(self, run_id: str, output: EvalOutput, cached: bool) -> dict[str, Any]:
+        self.report.metrics["perplexity"] = output.perplexity
+        self.report.metrics["rouge"] = output.rouge
+        self.report.metrics["eval_questions"] = output.eval_questions
+        self.report.metrics["eval_tokens"] = output.eval_tokens
+        metrics = evaluation_metrics(output)
+        self.tracker.log_metrics(run_id, metrics)
+        rows = [g.model_dump() for g in read_generations(Path(output.path))]
+        self.tracker.log_table(run_id, rows, "generations.json")
+        self.report.outputs["evaluation"] = output.path
+        return {
+            "ppl_base": round(output.perplexity["base"], 2),
+            "ppl_sft": round(output.perplexity["sft"], 2),
+            "rougeL_base": round(output.rouge["base"]["rougeL"], 4),
+            "rougeL_sft": round(output.rouge["sft"]["rougeL"], 4),
+        }
+
+
+def evaluation_metrics(output: EvalOutput) -> dict[str, float]:
+    metrics = {f"perplexity_{state}": value for state, value in output.perplexity.items()}
+    for state, scores in output.rouge.items():
+        metrics.update({f"{name}_{state}": value for name, value in scores.items()})
+    return metrics
+
+
+def record_parent(
+    tracker: Tracker,
+    report: RunReport,
+    recipe: Recipe,
+    pretrained: TrainOutput,
+    tuned: TrainOutput,
+    evaluation: EvalOutput,
+    tokenizer_dir: Path | None,
+) -> None:
+    """The parent run: every setting, the headline metrics, both adapters, the combined loss curves."""
+    run_id = report.mlflow_run_id
+    tracker.log_metrics(run_id, evaluation_metrics(evaluation))
+    tracker.log_metrics(run_id, {"trainable_parameters": tuned.trainable_parameters})
+    tracker.log_artifacts(run_id, Path(pretrained.adapter_path), "adapters/pretrain")
+    tracker.log_artifacts(run_id, Path(tuned.adapter_path), "adapters/sft")
+    if tokenizer_dir is not None:  # a local base: keep its tokenizer beside the adapters
+        for file in sorted({f for pattern in TOKENIZER_FILES for f in tokenizer_dir.glob(pattern)}):
+            tracker.log_artifact(run_id, file, "tokenizer")
+    histories = {
+        "pretrain": read_log_history(Path(pretrained.path)),
+        "sft": read_log_history(Path(tuned.path)),
+    }
+    tracker.log_figure(run_id, loss_figure(histories), "loss_curves.png")
+
+
+def log_recipe_params(tracker: Tracker, run_id: str, recipe: Recipe) -> None:
+    tracker.log_params(run_id, flatten(recipe))

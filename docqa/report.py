@@ -1,0 +1,70 @@
+"""The run report: a machine-readable contract that automation relies on.
+
+Written to ``WORKSPACE/reports/<flow-run-name>.json`` and ``WORKSPACE/reports/latest.json``, also when a
+stage fails (then with that stage's error and the later stages ``not_run``). Every document is listed
+with its fate, so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from docqa.settings import STAGES
+from docqa.workspace import write_json_atomic
+
+
+class StageReport(BaseModel):
+    status: Literal["completed", "failed", "not_run"] = "not_run"
+    cached: bool = False
+    seconds: float = 0.0
+    figures: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    mlflow_run_id: str | None = None
+
+
+class DocumentReport(BaseModel):
+    path: str
+    sha256: str
+    status: Literal["ok", "failed"]
+    reason: str | None
+    pages: int
+    chunks: int
+    split: Literal["train", "eval"] | None
+    duplicate_of: str | None = None
+    title: str | None = None
+
+
+class RunReport(BaseModel):
+    flow_run_id: str
+    flow_run_name: str
+    mlflow_run_id: str | None = None
+    recipe: str
+    workspace: str
+    docs: str
+    status: Literal["running", "completed", "failed"] = "running"
+    error: str | None = None
+    started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    finished_at: str | None = None
+    base_model: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, StageReport] = Field(default_factory=lambda: {s: StageReport() for s in STAGES})
+    documents: list[DocumentReport] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict)
+
+    def write(self, workspace: Path) -> Path:
+        reports = workspace / "reports"
+        path = reports / f"{self.flow_run_name}.json"
+        write_json_atomic(path, self)
+        write_json_atomic(reports / "latest.json", self)
+        return path
+
+    def finish(self, error: str | None = None) -> None:
+        self.status = "failed" if error else "completed"
+        self.error = error
+        self.finished_at = datetime.now(UTC).isoformat()

@@ -1,0 +1,370 @@
+"""Validated settings: one pydantic model per stage, and the recipe that holds them all.
+
+The flow takes these models as parameters, so the Prefect UI renders them as forms. Every cross-field
+problem is collected into one error message (litgpt's ``validate_args`` style) instead of failing on
+the first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SettingsError(ValueError):
+    """A recipe or override that cannot work; the message lists every problem found."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def _problems(self) -> list[str]:
+        return []
+
+    @model_validator(mode="after")
+    def _check(self):
+        problems = self._problems()
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        return self
+
+
+BNB_CPU_BLOCK = 32
+
+
+class BootstrapSettings(_Settings):
+    """The tiny pretrained base built on first use when ``model.base`` is empty.
+
+    A byte-level BPE tokenizer and a small Llama trained from scratch on general text that ships with
+    every CPython (the standard library's docstrings), so that LoRA has something to adapt. Built once
+    and cached outside the workspace, keyed by these settings.
+    """
+
+    vocab_size: int = Field(4000, ge=300, description="BPE vocabulary size")
+    hidden_size: int = Field(256, ge=32)
+    intermediate_size: int = Field(704, ge=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(512, ge=64)
+    general_text_chars: int = Field(
+        1_800_000, ge=10_000, description="characters of standard-library docstrings to read"
+    )
+    heldout_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of the general text kept out of training (forgetting reference)"
+    )
+    block_size: int = Field(256, ge=16)
+    batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(200, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 1234
+
+    def _problems(self) -> list[str]:
+        problems = []
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) % BNB_CPU_BLOCK:
+                problems.append(
+                    f"{name} must be a multiple of {BNB_CPU_BLOCK}: bitsandbytes' packed 4-bit CPU kernels "
+                    "(used at inference on CPUs with AVX512-BF16) need it"
+                )
+        if self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.block_size > self.max_position_embeddings:
+            problems.append("block_size must not exceed max_position_embeddings")
+        return problems
+
+
+class ModelSettings(_Settings):
+    """The base model and how it is quantised for QLoRA."""
+
+    base: str | None = Field(
+        None,
+        description="local folder or Hugging Face hub id; empty builds the tiny bootstrap base",
+    )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) for a hub id")
+    load_in_4bit: bool = Field(True, description="NF4/FP4 through bitsandbytes (QLoRA); false = plain LoRA")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    prompt_template: str = Field(
+        "### Question:\n{question}\n\n### Answer:\n",
+        description="used only when the tokenizer has no chat template",
+    )
+    bootstrap: BootstrapSettings = BootstrapSettings()
+
+    def _problems(self) -> list[str]:
+        if "{question}" not in self.prompt_template:
+            return ["prompt_template must contain {question}"]
+        return []
+
+
+class IngestSettings(_Settings):
+    """Text extraction and cleaning, one document at a time."""
+
+    extensions: list[str] = Field([".pdf", ".txt", ".md"], description="file types to read")
+    pdf_extraction_mode: Literal["plain", "layout"] = Field(
+        "plain",
+        description="pypdf text mode: plain follows the content stream (safe for two-column papers); "
+        "layout keeps paragraphs and code indentation of single-column documents",
+    )
+    min_chars_per_page: int = Field(
+        80, ge=0, description="below this mean a PDF counts as image-only or scanned and fails"
+    )
+    header_footer_lines: int = Field(3, ge=0, description="lines at the top and bottom of a page checked")
+    header_footer_min_share: float = Field(
+        0.5, gt=0, le=1, description="a line repeated on this share of pages is a running header/footer"
+    )
+    max_file_mb: float = Field(200, gt=0, description="larger files are refused")
+
+    def _problems(self) -> list[str]:
+        bad = [e for e in self.extensions if not e.startswith(".")]
+        return [f"extensions must start with a dot: {bad}"] if bad else []
+
+
+class ChunkSettings(_Settings):
+    """Token-true chunking with the base model's tokenizer."""
+
+    chunk_tokens: int = Field(256, ge=16, description="chunk size in tokens of the model's tokenizer")
+    overlap_tokens: int = Field(32, ge=0)
+    min_chunk_tokens: int = Field(24, ge=1, description="shorter pieces are dropped and counted")
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if self.overlap_tokens >= self.chunk_tokens:
+            problems.append("overlap_tokens must be smaller than chunk_tokens")
+        if self.min_chunk_tokens > self.chunk_tokens:
+            problems.append("min_chunk_tokens must not exceed chunk_tokens")
+        return problems
+
+
+class SplitSettings(_Settings):
+    """Train/eval split by document, decided from each document's content hash and a seed."""
+
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="expected share of documents held out")
+    seed: int = 7
+    eval_documents: list[str] = Field(
+        [], description="filename globs always held out (on top of the hash rule)"
+    )
+
+
+class SynthesizeSettings(_Settings):
+    """Question–answer synthesis from chunks."""
+
+    backend: Literal["extractive", "openai"] = Field(
+        "extractive",
+        description="extractive: offline rule-based bootstrap (no LLM); openai: any OpenAI-compatible server",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
+    )
+    model: str | None = Field(None, description="model name sent to the server")
+    pairs_per_chunk: int = Field(4, ge=1, le=50)
+    language: str = "English"
+    max_answer_words: int = Field(60, ge=5)
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16, description="reply length limit per request")
+    request_timeout_s: float = Field(120, gt=0)
+    min_question_chars: int = Field(12, ge=1)
+    min_answer_chars: int = Field(3, ge=1)
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if self.backend == "openai":
+            if not self.base_url:
+                problems.append("backend openai needs base_url (e.g. http://localhost:8000/v1)")
+            if not self.model:
+                problems.append("backend openai needs model (the name the server knows)")
+        return problems
+
+
+class LoraSettings(_Settings):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="'all-linear' or a list such as [q_proj, v_proj]"
+    )
+
+    def _problems(self) -> list[str]:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            return ["target_modules must not be empty"]
+        return []
+
+
+class TrainSettings(_Settings):
+    """What both training stages share; defaults follow common QLoRA practice."""
+
+    lora: LoraSettings = LoraSettings()
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: train for `epochs`")
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int = Field(20, ge=1, description="eval loss on held-out documents every N steps")
+    max_eval_samples: int = Field(64, ge=1, description="held-out blocks or Q&A rows used for eval loss")
+    seed: int = 42
+    optim: str = Field(
+        "adamw_torch", description="a transformers optimizer name, e.g. paged_adamw_8bit on GPU"
+    )
+
+
+class PretrainSettings(TrainSettings):
+    """Domain-adaptive causal-LM training on the training documents' chunks, packed into blocks."""
+
+    block_size: int = Field(256, ge=16, description="tokens per packed block")
+
+
+class SFTSettings(TrainSettings):
+    """Supervised fine-tuning on the training Q&A, loss on answers only, on top of the pretraining adapter."""
+
+    max_seq_length: int = Field(256, ge=16)
+    epochs: float = Field(2.0, gt=0)
+
+
+class EvaluateSettings(_Settings):
+    """Held-out evaluation: perplexity on held-out documents, ROUGE of greedy answers."""
+
+    ppl_window: int = Field(256, ge=16, description="sliding-window length in tokens")
+    ppl_stride: int = Field(128, ge=1)
+    max_ppl_tokens: int | None = Field(None, ge=64, description="cap on held-out tokens scored (None: all)")
+    max_questions: int | None = Field(
+        None, ge=1, description="cap on held-out questions answered (None: all)"
+    )
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="questions generated per batch (left padding)")
+    rouge_use_stemmer: bool = True
+    sample_generations: int = Field(12, ge=0, description="rows in the sample-generations table")
+
+    def _problems(self) -> list[str]:
+        if self.ppl_stride > self.ppl_window:
+            return ["ppl_stride must not exceed ppl_window"]
+        return []
+
+
+class Recipe(_Settings):
+    """Everything a run needs. A YAML recipe sets any subset; the rest are these defaults."""
+
+    name: str = "tiny-cpu"
+    description: str = "Embedded default: tiny bootstrap Llama, 4-bit QLoRA on CPU, extractive Q&A."
+    experiment: str = Field("docqa", description="MLflow experiment name")
+    model: ModelSettings = ModelSettings()
+    ingest: IngestSettings = IngestSettings()
+    chunk: ChunkSettings = ChunkSettings()
+    split: SplitSettings = SplitSettings()
+    synthesize: SynthesizeSettings = SynthesizeSettings()
+    pretrain: PretrainSettings = PretrainSettings(learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))
+    sft: SFTSettings = SFTSettings(learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))
+    evaluate: EvaluateSettings = EvaluateSettings()
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if self.model.base is None:
+            limit = self.model.bootstrap.max_position_embeddings
+            for label, length in (
+                ("pretrain.block_size", self.pretrain.block_size),
+                ("sft.max_seq_length", self.sft.max_seq_length),
+                ("evaluate.ppl_window", self.evaluate.ppl_window),
+                ("chunk.chunk_tokens", self.chunk.chunk_tokens),
+            ):
+                if length > limit:
+                    problems.append(
+                        f"{label}={length} exceeds the bootstrap base's context "
+                        f"model.bootstrap.max_position_embeddings={limit}"
+                    )
+        return problems
+
+
+STAGES = ("ingest", "chunk", "synthesize", "pretrain", "sft", "evaluate")
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``pretrain.lora.r=64`` → (["pretrain", "lora", "r"], 64); values are read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SettingsError(f"--set expects stage.key=value, got {text!r}")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _merge(tree: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def _apply(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SettingsError(f"cannot set {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A path to a YAML file, or the name of a recipe shipped in ``docqa/recipes``."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise SettingsError(
+        f"recipe {recipe!r} is neither a file nor a shipped recipe; shipped: {', '.join(names)}"
+    )
+
+
+def load_recipe(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Defaults, then the YAML recipe, then ``--set`` overrides; validated as a whole."""
+    # Merge onto the dumped defaults, so that a recipe setting one key of a section keeps the
+    # recipe-level defaults of the others.
+    tree: dict[str, Any] = Recipe().model_dump(mode="json")
+    if recipe is not None:
+        loaded = yaml.safe_load(resolve_recipe_path(recipe).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"recipe {recipe} must be a YAML mapping")
+        _merge(tree, loaded)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _apply(tree, path, value)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        problems = [
+            f"  {'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        ]
+        raise SettingsError(
+            f"invalid recipe{f' {recipe}' if recipe else ''}:\n" + "\n".join(problems)
+        ) from err
+
+
+def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        _flatten_into(flat, f"{prefix}{key}", value)
+    return flat
+
+
+def _flatten_into(flat: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for sub, inner in value.items():
+            _flatten_into(flat, f"{key}.{sub}", inner)
+    else:
+        flat[key] = value

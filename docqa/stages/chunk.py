@@ -1,0 +1,229 @@
+"""Chunking sized in tokens of the model's tokenizer, the train/eval split by document, and dedup.
+
+Each chunk keeps its document id, page span and a stable id derived from its content. Documents with
+identical bytes and chunks with identical text are counted once and reported as duplicates (the seed
+project trained on one book four times without noticing). Chunking is cached per document, so a new
+document costs only its own chunks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import json
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
+from docqa.settings import ChunkSettings, SplitSettings
+from docqa.stages.ingest import DocumentRecord, read_documents
+from docqa.workspace import (
+    StageOutput,
+    new_tmp_dir,
+    publish_dir,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+PAGE_SEPARATOR = "\n\n"
+CHUNK_ID_CHARS = 16
+_SPLIT_SCALE = 16**15  # the split score reads the first 15 hex digits of a sha256
+
+
+class EmptySplitError(ValueError):
+    """The split left no training or no held-out document."""
+
+
+class ChunkOutput(StageOutput):
+    documents: int  # documents that were chunked (ok and not duplicates)
+    chunks: int
+    train_chunks: int
+    eval_chunks: int
+    train_documents: int
+    eval_documents: int
+    duplicate_documents: int
+    duplicate_chunks: int
+    short_chunks_dropped: int
+    chunked: int  # documents chunked in this call
+    reused: int  # documents taken from the per-document store
+
+
+def document_split(doc: DocumentRecord, settings: SplitSettings) -> str:
+    """``eval`` or ``train`` from the document's content hash and a seed: adding documents never moves one."""
+    if any(fnmatch.fnmatch(doc.name, pattern) for pattern in settings.eval_documents):
+        return "eval"
+    score = int(sha256_bytes(f"{settings.seed}:{doc.sha256}".encode())[:15], 16) / _SPLIT_SCALE
+    return "eval" if score < settings.eval_fraction else "train"
+
+
+def chunk_id(text: str) -> str:
+    return sha256_bytes(" ".join(text.split()).encode())[:CHUNK_ID_CHARS]
+
+
+def make_splitter(tokenizer, settings: ChunkSettings) -> RecursiveCharacterTextSplitter:
+    return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
+        tokenizer,
+        chunk_size=settings.chunk_tokens,
+        chunk_overlap=settings.overlap_tokens,
+        add_start_index=True,
+    )
+
+
+def chunk_document(doc: DocumentRecord, tokenizer, settings: ChunkSettings) -> tuple[list[dict], int]:
+    """Chunks of one document with their page spans; returns (chunks, short pieces dropped)."""
+    texts = [page.text for page in doc.pages]
+    full_text = PAGE_SEPARATOR.join(texts)
+    page_starts, offset = [], 0
+    for text in texts:
+        page_starts.append(offset)
+        offset += len(text) + len(PAGE_SEPARATOR)
+    chunks, dropped = [], 0
+    for piece in make_splitter(tokenizer, settings).create_documents([full_text]):
+        text = piece.page_content
+        n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_tokens < settings.min_chunk_tokens:
+            dropped += 1
+            continue
+        start = piece.metadata["start_index"]
+        first = bisect.bisect_right(page_starts, start) - 1
+        last = bisect.bisect_right(page_starts, start + len(text) - 1) - 1
+        chunks.append(
+            {
+                "chunk_id": chunk_id(text),
+                "text": text,
+                "n_tokens": n_tokens,
+                "page_start": doc.pages[first].page,
+                "page_end": doc.pages[last].page,
+            }
+        )
+    return chunks, dropped
+
+
+def _store_key(settings: ChunkSettings, tokenizer_digest: str) -> str:
+    return json_digest(
+        {"settings": settings, "tokenizer": tokenizer_digest, "code": sha256_file(Path(__file__))}
+    )[:12]
+
+
+def _chunks_of(doc: DocumentRecord, tokenizer, settings: ChunkSettings, store: Path) -> tuple[dict, bool]:
+    """Per-document store lookup; returns ({chunks, dropped}, computed_now)."""
+    if store.is_file():
+        return read_json(store), False
+    chunks, dropped = chunk_document(doc, tokenizer, settings)
+    entry = {"chunks": chunks, "dropped": dropped}
+    write_json_atomic(store, entry)
+    return entry, True
+
+
+def chunk_documents(
+    ingest_path: Path,
+    tokenizer,
+    tokenizer_digest: str,
+    out_root: Path,
+    store_dir: Path,
+    settings: ChunkSettings,
+    split: SplitSettings,
+) -> ChunkOutput:
+    """Chunk every ingested document (new ones only; the rest come from the store), dedup, split."""
+    documents = [d for d in read_documents(ingest_path) if d.status == "ok"]
+    key = _store_key(settings, tokenizer_digest)
+    rows: list[dict] = []
+    seen: set[str] = set()
+    counts = {"duplicate_documents": 0, "duplicate_chunks": 0, "short_chunks_dropped": 0, "chunked": 0}
+    per_document: dict[str, dict] = {}
+    for doc in documents:
+        if doc.duplicate_of is not None:
+            counts["duplicate_documents"] += 1
+            continue
+        entry, computed = _chunks_of(doc, tokenizer, settings, store_dir / f"{doc.sha256}-{key}.json")
+        counts["chunked"] += computed
+        counts["short_chunks_dropped"] += entry["dropped"]
+        doc_split = document_split(doc, split)
+        kept = 0
+        for chunk in entry["chunks"]:
+            if chunk["chunk_id"] in seen:
+                counts["duplicate_chunks"] += 1
+                continue
+            seen.add(chunk["chunk_id"])
+            kept += 1
+            rows.append(
+                {
+                    "chunk_id": chunk["chunk_id"],
+                    "doc_id": doc.doc_id,
+                    "doc_path": doc.path,
+                    "doc_title": doc.title,
+                    "page_start": chunk["page_start"],
+                    "page_end": chunk["page_end"],
+                    "index": kept - 1,
+                    "text": chunk["text"],
+                    "n_tokens": chunk["n_tokens"],
+                    "split": doc_split,
+                }
+            )
+        per_document[doc.doc_id] = {"path": doc.path, "split": doc_split, "chunks": kept}
+    _check_split(per_document, split)
+    return _publish(rows, per_document, counts, out_root, chunked_documents=len(per_document))
+
+
+def _check_split(per_document: dict[str, dict], split: SplitSettings) -> None:
+    splits = {info["split"] for info in per_document.values() if info["chunks"]}
+    for needed in ("train", "eval"):
+        if needed not in splits:
+            raise EmptySplitError(
+                f"no {needed} document: the split by document (eval_fraction={split.eval_fraction}, "
+                f"seed={split.seed}) put all {len(per_document)} document(s) on one side. Add documents, "
+                "change split.eval_fraction or split.seed, or name held-out files in split.eval_documents."
+            )
+
+
+def _publish(
+    rows: list[dict],
+    per_document: dict[str, dict],
+    counts: dict[str, int],
+    out_root: Path,
+    chunked_documents: int,
+) -> ChunkOutput:
+    digest = rows_digest(rows)
+    tmp = new_tmp_dir(out_root)
+    Dataset.from_list(rows).to_parquet(str(tmp / "chunks.parquet"))
+    summary = {
+        "documents": chunked_documents,
+        "chunks": len(rows),
+        "train_chunks": sum(r["split"] == "train" for r in rows),
+        "eval_chunks": sum(r["split"] == "eval" for r in rows),
+        "train_documents": sum(d["split"] == "train" for d in per_document.values()),
+        "eval_documents": sum(d["split"] == "eval" for d in per_document.values()),
+        "duplicate_documents": counts["duplicate_documents"],
+        "duplicate_chunks": counts["duplicate_chunks"],
+        "short_chunks_dropped": counts["short_chunks_dropped"],
+    }
+    write_json_atomic(tmp / "summary.json", summary)
+    write_text_atomic(tmp / "documents.json", json.dumps(per_document, indent=2))
+    final = publish_dir(tmp, out_root / digest[:16])
+    return ChunkOutput(
+        path=str(final),
+        digest=digest,
+        chunked=counts["chunked"],
+        reused=chunked_documents - counts["chunked"],
+        **summary,
+    )
+
+
+def chunks_file(chunk_path: Path) -> Path:
+    return Path(chunk_path) / "chunks.parquet"
+
+
+def read_chunks(chunk_path: Path, split: str | None = None) -> Dataset:
+    frame = pd.read_parquet(chunks_file(chunk_path))
+    if split is not None:
+        frame = frame[frame["split"] == split]
+    return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
+    """Per document id: its path, split and number of chunks kept."""
+    return read_json(Path(chunk_path) / "documents.json")

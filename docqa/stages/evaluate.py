@@ -1,0 +1,192 @@
+"""Held-out evaluation: perplexity on held-out documents' text and ROUGE of greedy answers to held-out
+questions, for the base model and the adapted ones, measured side by side on the same data.
+
+Nothing here reads a training row: the text comes from documents the split held out, the questions
+were synthesised from those documents only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import evaluate as hf_evaluate
+import torch
+from pydantic import BaseModel
+
+from docqa.hashing import json_digest
+from docqa.modeling import BaseModelRef, load_adapted_model, load_tokenizer
+from docqa.prompting import encode_prompts
+from docqa.settings import EvaluateSettings, ModelSettings
+from docqa.stages.chunk import read_document_chunks
+from docqa.stages.ingest import read_documents
+from docqa.stages.synthesize import read_qa
+from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, write_json_atomic
+
+ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
+
+
+class EvalOutput(StageOutput):
+    perplexity: dict[str, float]
+    rouge: dict[str, dict[str, float]]
+    eval_documents: int
+    eval_tokens: int
+    eval_questions: int
+    seconds: float
+
+
+class Generation(BaseModel):
+    question: str
+    reference: str
+    base_answer: str
+    tuned_answer: str
+    doc_title: str
+    chunk_id: str
+
+
+def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
+    """The cleaned full text of every held-out document."""
+    splits = {doc_id: info["split"] for doc_id, info in read_document_chunks(chunks_path).items()}
+    return [
+        "\n\n".join(page.text for page in doc.pages)
+        for doc in read_documents(ingest_path)
+        if splits.get(doc.doc_id) == "eval"
+    ]
+
+
+def token_ids(tokenizer, texts: list[str], limit: int | None) -> torch.Tensor:
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids[:limit] if limit else ids, dtype=torch.long)
+
+
+@torch.no_grad()
+def sliding_window_perplexity(model, ids: torch.Tensor, window: int, stride: int) -> float:
+    """Perplexity of ``ids`` with a sliding window: each token is scored once, with up to
+    ``window - stride`` tokens of context carried over from the previous window."""
+    total_nll, total_tokens, scored_until = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        chunk = ids[begin:end].unsqueeze(0).to(model.device)
+        logits = model(input_ids=chunk).logits[0, :-1].float()
+        targets = chunk[0, 1:]
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        new_from = max(scored_until - begin - 1, 0)  # targets before this index were scored already
+        total_nll += nll[new_from:].sum().item()
+        total_tokens += nll[new_from:].numel()
+        scored_until = end
+        if end == len(ids):
+            break
+    if not total_tokens:
+        raise ValueError("held-out text is too short to score: it needs at least two tokens")
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, questions: list[str], settings: EvaluateSettings, model_settings
+) -> list[str]:
+    """One greedy answer per question (no sampling, no best-of-N), batched with left padding."""
+    answers: list[str] = []
+    for start in range(0, len(questions), settings.batch_size):
+        batch = encode_prompts(tokenizer, questions[start : start + settings.batch_size], model_settings)
+        batch = batch.to(model.device)
+        output = model.generate(
+            **batch,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return answers
+
+
+def rouge(predictions: list[str], references: list[str], use_stemmer: bool) -> dict[str, float]:
+    metric = hf_evaluate.load(str(ROUGE_MODULE))
+    scores = metric.compute(predictions=predictions, references=references, use_stemmer=use_stemmer)
+    return {name: float(value) for name, value in scores.items()}
+
+
+def _use(model, adapters: list[str]) -> None:
+    model.base_model.set_adapter(adapters)
+
+
+def evaluate_models(
+    ingest_path: Path,
+    chunks_path: Path,
+    qa_path: Path,
+    pretrain_adapter: Path,
+    sft_adapter: Path,
+    base: BaseModelRef,
+    model_settings: ModelSettings,
+    settings: EvaluateSettings,
+    out_root: Path,
+) -> EvalOutput:
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(base.path, model_settings.revision)
+    texts = heldout_text(ingest_path, chunks_path)
+    ids = token_ids(tokenizer, texts, settings.max_ppl_tokens)
+    qa = read_qa(qa_path, "eval")
+    qa = qa.select(range(min(len(qa), settings.max_questions or len(qa))))
+    questions, references = list(qa["question"]), list(qa["answer"])
+    model = load_adapted_model(base, model_settings, {"pretrain": pretrain_adapter, "sft": sft_adapter})
+
+    perplexity = {}
+    with model.disable_adapter():
+        perplexity["base"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+        base_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
+    _use(model, ["pretrain"])
+    perplexity["pretrained"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+    _use(model, ["pretrain", "sft"])
+    perplexity["sft"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+    tuned_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
+
+    scores = {
+        "base": rouge(base_answers, references, settings.rouge_use_stemmer),
+        "sft": rouge(tuned_answers, references, settings.rouge_use_stemmer),
+    }
+    generations = [
+        Generation(
+            question=row["question"],
+            reference=row["answer"],
+            base_answer=base_answer,
+            tuned_answer=tuned_answer,
+            doc_title=row["doc_title"],
+            chunk_id=row["chunk_id"],
+        )
+        for row, base_answer, tuned_answer in zip(qa, base_answers, tuned_answers, strict=True)
+    ]
+    return _publish(
+        perplexity, scores, generations, len(texts), len(ids), out_root, time.perf_counter() - started
+    )
+
+
+def _publish(
+    perplexity, scores, generations, n_documents, n_tokens, out_root: Path, seconds: float
+) -> EvalOutput:
+    metrics = {
+        "perplexity": perplexity,
+        "rouge": scores,
+        "eval_documents": n_documents,
+        "eval_tokens": n_tokens,
+        "eval_questions": len(generations),
+    }
+    digest = json_digest({"metrics": metrics, "generations": [g.model_dump() for g in generations]})
+    tmp = new_tmp_dir(out_root)
+    write_json_atomic(tmp / "metrics.json", metrics)
+    with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
+        for generation in generations:
+            handle.write(json.dumps(generation.model_dump(), ensure_ascii=False) + "\n")
+    final = publish_dir(tmp, out_root / digest[:16])
+    return EvalOutput(path=str(final), digest=digest, seconds=seconds, **metrics)
+
+
+def read_generations(eval_path: Path) -> list[Generation]:
+    lines = (Path(eval_path) / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    return [Generation.model_validate_json(line) for line in lines if line]

@@ -1,0 +1,463 @@
+"""Ingest: cleaned text out of each document, one file at a time.
+
+Every file is read in isolation, so one broken PDF costs only itself: it is recorded with a reason a
+user can act on (``status="failed"``) while the others go on. Extraction results are kept in a
+per-document store keyed by the file's bytes, the ingest settings, this module's source and the pypdf
+version, so a re-run with one new file extracts only that file. The published output is a folder named
+by the digest of its records: ``documents.jsonl`` (one :class:`DocumentRecord` per line, in input
+order) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import pypdf
+from pydantic import BaseModel
+from pypdf import PasswordType, PdfReader
+from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
+
+from docqa.hashing import json_digest, rows_digest, sha256_file
+from docqa.settings import IngestSettings
+from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, read_json, write_json_atomic
+
+DOCUMENTS_FILE = "documents.jsonl"
+SUMMARY_FILE = "summary.json"
+DOC_ID_CHARS = 16
+STORE_KEY_CHARS = 16
+OUTPUT_NAME_CHARS = 16
+BYTES_PER_MB = 2**20
+
+PDF_SUFFIX = ".pdf"
+MARKDOWN_SUFFIX = ".md"
+PDF_HEADER = b"%PDF-"
+PDF_EOF = b"%%EOF"
+# Readers (Acrobat first) accept the header within the first 1024 bytes and look for %%EOF within the
+# last 1024 bytes; a file without one there was cut short.
+PDF_MARKER_WINDOW = 1024
+MAX_TITLE_CHARS = 120
+MIN_PAGES_FOR_RUNNING_LINES = 3  # with fewer pages a repeated line is as likely content as a header
+
+# pypdf parses untrusted bytes, and a malformed file can make it fail anywhere deep inside its parser
+# with whatever Python error occurs where it trips (a KeyError on a missing dictionary entry, a
+# struct.error on a short font table, a zlib.error on a damaged stream, RecursionError on a cyclic
+# object tree, NotImplementedError on an unsupported filter). These are faults of that one file, so
+# they are caught around the calls into pypdf only, and recorded with their type and message. Errors
+# outside this list (MemoryError, OSError reading the disk) are not the file's fault and propagate.
+MALFORMED_PDF_ERRORS = (
+    PyPdfError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    ArithmeticError,
+    NotImplementedError,
+    RecursionError,
+    struct.error,
+    zlib.error,
+)
+
+DIGITS = re.compile(r"\d+")
+PAGE_NUMBER = re.compile(r"(?:page\s+)?(?:[-–—]\s*)?\d{1,4}(?:\s*[-–—])?(?:\s*(?:/|of)\s*\d{1,4})?", re.I)
+HYPHEN_BREAK = re.compile(r"([^\W\d_])[-\u00ad][ \t]*\n[ \t]*([^\W\d_])")
+INNER_SPACE = re.compile(r"(?<=\S)[ \t]+(?=\S)")
+BLANK_RUN = re.compile(r"\n{3,}")
+MARKDOWN_HEADING = re.compile(r"#{1,6}\s+(.+?)\s*#*\s*")
+
+
+class NoDocumentsError(ValueError):
+    """No document could be ingested; the message lists each file and why it failed."""
+
+
+class DocumentFault(Exception):
+    """An expected fault of one file (empty, broken, encrypted, scanned); the message is the reason."""
+
+    def __init__(self, reason: str, n_pages: int = 0, low_text_pages: int = 0) -> None:
+        super().__init__(reason)
+        self.n_pages = n_pages
+        self.low_text_pages = low_text_pages
+
+
+class PageText(BaseModel):
+    page: int  # 1-based
+    text: str
+
+
+class ExtractedContent(BaseModel):
+    """What a file's bytes yield, wherever the file lies: the per-document store's entry."""
+
+    sha256: str
+    title: str | None  # from the content (PDF metadata, first heading); None: use the file name
+    status: Literal["ok", "failed"]
+    reason: str | None
+    n_pages: int
+    pages: list[PageText]
+    low_text_pages: int
+
+
+class DocumentRecord(BaseModel):
+    doc_id: str  # first 16 hex characters of the sha256 of the file's bytes
+    path: str
+    name: str
+    sha256: str
+    title: str  # PDF metadata title, else first heading line for .md/.txt, else the file stem
+    status: Literal["ok", "failed"]
+    reason: str | None  # why it failed, for a user (None when ok)
+    n_pages: int  # pages in the file (1 for text files, 0 if unreadable)
+    pages: list[PageText]  # cleaned text per page (empty when failed)
+    low_text_pages: int  # pages below settings.min_chars_per_page
+    duplicate_of: str | None = None  # path of an earlier file with identical bytes
+
+
+class IngestOutput(StageOutput):
+    documents: int
+    documents_ok: int  # status ok, duplicates included
+    documents_failed: int
+    documents_duplicate: int
+    pages: int  # pages of the ok documents, each duplicate counted once
+    extracted: int  # documents extracted in this call
+    reused: int  # documents taken from the per-document store
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding documents
+
+
+def list_documents(docs_dir: Path, settings: IngestSettings) -> list[Path]:
+    """Files under ``docs_dir`` (recursive, sorted) with a wanted suffix; hidden files and folders skipped."""
+    if not docs_dir.is_dir():
+        raise FileNotFoundError(f"documents folder {docs_dir} does not exist or is not a folder")
+    wanted = {extension.lower() for extension in settings.extensions}
+    found = sorted(
+        path
+        for path in docs_dir.rglob("*")
+        if path.is_file() and path.suffix.lower() in wanted and not _is_hidden(path.relative_to(docs_dir))
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"no documents in {docs_dir}: looked for files ending in {', '.join(sorted(wanted))}"
+        )
+    return found
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extracting one document
+
+
+def extract_document(path: Path, settings: IngestSettings) -> DocumentRecord:
+    """Text of one file, cleaned; an expected fault gives ``status="failed"`` and a reason, never an error."""
+    return bind_to_path(extract_content(path, sha256_file(path), settings), path)
+
+
+def extract_content(path: Path, sha256: str, settings: IngestSettings) -> ExtractedContent:
+    """What ``path``'s bytes (whose digest is ``sha256``) yield; the title is None when none is found."""
+    try:
+        _check_size(path, settings)
+        title, raw_pages = _read_document(path, settings)
+        pages = clean_pages(raw_pages, settings)
+        low_text_pages = sum(len(text) < settings.min_chars_per_page for text in pages)
+        _check_text(path, pages, low_text_pages, settings)
+    except DocumentFault as fault:
+        return ExtractedContent(
+            sha256=sha256,
+            title=None,
+            status="failed",
+            reason=str(fault),
+            n_pages=fault.n_pages,
+            pages=[],
+            low_text_pages=fault.low_text_pages,
+        )
+    return ExtractedContent(
+        sha256=sha256,
+        title=title,
+        status="ok",
+        reason=None,
+        n_pages=len(pages),
+        pages=[PageText(page=number, text=text) for number, text in enumerate(pages, start=1)],
+        low_text_pages=low_text_pages,
+    )
+
+
+def bind_to_path(content: ExtractedContent, path: Path, duplicate_of: str | None = None) -> DocumentRecord:
+    """The record of ``content`` found at ``path``; the title falls back to the file's stem."""
+    return DocumentRecord(
+        doc_id=content.sha256[:DOC_ID_CHARS],
+        path=str(path),
+        name=path.name,
+        sha256=content.sha256,
+        title=content.title or path.stem,
+        status=content.status,
+        reason=content.reason,
+        n_pages=content.n_pages,
+        pages=content.pages,
+        low_text_pages=content.low_text_pages,
+        duplicate_of=duplicate_of,
+    )
+
+
+def _check_size(path: Path, settings: IngestSettings) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        raise DocumentFault("the file is empty (0 bytes)")
+    if size > settings.max_file_mb * BYTES_PER_MB:
+        raise DocumentFault(
+            f"the file is {size / BYTES_PER_MB:.1f} MB, over the limit of {settings.max_file_mb:g} MB "
+            "(raise ingest.max_file_mb to read it)"
+        )
+
+
+def _read_document(path: Path, settings: IngestSettings) -> tuple[str | None, list[str]]:
+    """(title found in the content, raw text per page)."""
+    if path.suffix.lower() == PDF_SUFFIX:
+        return _read_pdf(path, settings.pdf_extraction_mode)
+    return _read_text_file(path)
+
+
+def _read_text_file(path: Path) -> tuple[str | None, list[str]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DocumentFault(
+            f"the file is not valid UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
+        ) from err
+    return _text_title(text, path.suffix.lower()), [text]
+
+
+def _text_title(text: str, suffix: str) -> str | None:
+    """A Markdown file's first ``#`` heading, else the first non-empty line if it is short enough."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if suffix == MARKDOWN_SUFFIX:
+        for line in lines:
+            heading = MARKDOWN_HEADING.fullmatch(line)
+            if heading:
+                return heading.group(1)
+    if lines and len(lines[0]) <= MAX_TITLE_CHARS:
+        return lines[0]
+    return None
+
+
+def _read_pdf(path: Path, mode: str) -> tuple[str | None, list[str]]:
+    _check_pdf_markers(path)
+    try:
+        reader = PdfReader(path)
+        _unlock(reader)
+        return _pdf_title(reader), [page.extract_text(extraction_mode=mode) for page in reader.pages]
+    except DependencyError:
+        raise  # a missing package (cryptography for AES) is the installation's fault, not the file's
+    except FileNotDecryptedError as err:
+        raise DocumentFault(_encrypted_reason()) from err
+    except LimitReachedError as err:
+        raise DocumentFault(
+            f"a stream in the PDF exceeds pypdf's decompression limit (a decompression bomb?): {err}"
+        ) from err
+    except MALFORMED_PDF_ERRORS as err:
+        raise DocumentFault(
+            f"the PDF is corrupt and pypdf could not read it ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _check_pdf_markers(path: Path) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(PDF_MARKER_WINDOW)
+        handle.seek(max(0, path.stat().st_size - PDF_MARKER_WINDOW))
+        tail = handle.read()
+    if PDF_HEADER not in head:
+        raise DocumentFault(
+            "not a PDF: the file has no %PDF header (another format saved under a .pdf name?)"
+        )
+    if PDF_EOF not in tail:
+        raise DocumentFault(
+            "the PDF is truncated: it has no %%EOF end marker (an interrupted download or copy?)"
+        )
+
+
+def _unlock(reader: PdfReader) -> None:
+    """Open an encrypted PDF that needs no user password (only an owner password restricts it)."""
+    if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+        raise DocumentFault(_encrypted_reason())
+
+
+def _encrypted_reason() -> str:
+    return "the PDF is encrypted with a password; save a decrypted copy (e.g. qpdf --decrypt) and ingest that"
+
+
+def _pdf_title(reader: PdfReader) -> str | None:
+    title = reader.metadata.title if reader.metadata else None
+    if not title or not str(title).strip():
+        return None
+    return str(title).strip()
+
+
+def _check_text(path: Path, pages: list[str], low_text_pages: int, settings: IngestSettings) -> None:
+    """Empty text is a failure, never a silent success; so is a PDF with too little text per page."""
+    total = sum(len(text) for text in pages)
+    if total == 0:
+        raise DocumentFault(_no_text_reason(path), n_pages=len(pages), low_text_pages=low_text_pages)
+    mean = total / len(pages)
+    if path.suffix.lower() == PDF_SUFFIX and mean < settings.min_chars_per_page:
+        raise DocumentFault(
+            f"only {mean:.0f} characters of text per page on average (ingest.min_chars_per_page is "
+            f"{settings.min_chars_per_page}): probably a scanned or image-only PDF; run OCR on it first",
+            n_pages=len(pages),
+            low_text_pages=low_text_pages,
+        )
+
+
+def _no_text_reason(path: Path) -> str:
+    if path.suffix.lower() != PDF_SUFFIX:
+        return "the file contains no text"
+    return (
+        "no text could be extracted: the pages are images (a scan without OCR), or their content "
+        "could not be decoded (pypdf returns no text for a decompression bomb)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cleaning
+
+
+def clean_pages(pages: list[str], settings: IngestSettings) -> list[str]:
+    """Running headers/footers and page numbers removed, hyphenated words joined, whitespace normalised."""
+    page_lines = [_normalise_lines(text) for text in pages]
+    running = _running_lines(page_lines, settings)
+    return [_clean_page(lines, running, settings.header_footer_lines) for lines in page_lines]
+
+
+def _normalise_lines(text: str) -> list[str]:
+    """Lines without trailing spaces, inner runs of spaces made one; leading indentation (code) kept."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ").split("\n")
+    return [INNER_SPACE.sub(" ", line.rstrip()) for line in lines]
+
+
+def _line_key(line: str) -> str:
+    """A line with its numbers masked, so "Page 3 of 9" and "Page 4 of 9" count as one running line."""
+    return DIGITS.sub("#", " ".join(line.split()))
+
+
+def _edge_indices(lines: list[str], depth: int) -> list[int]:
+    """Indices of the first and last ``depth`` non-empty lines of a page."""
+    filled = [index for index, line in enumerate(lines) if line.strip()]
+    return sorted(set(filled[:depth] + filled[-depth:])) if depth else []
+
+
+def _running_lines(page_lines: list[list[str]], settings: IngestSettings) -> set[str]:
+    """Keys of edge lines that repeat on at least ``header_footer_min_share`` of the pages."""
+    if len(page_lines) < MIN_PAGES_FOR_RUNNING_LINES:
+        return set()
+    seen: Counter[str] = Counter()
+    for lines in page_lines:
+        seen.update({_line_key(lines[i]) for i in _edge_indices(lines, settings.header_footer_lines)})
+    needed = max(2, settings.header_footer_min_share * len(page_lines))
+    return {key for key, count in seen.items() if count >= needed}
+
+
+def _clean_page(lines: list[str], running: set[str], depth: int) -> str:
+    dropped = {
+        index
+        for index in _edge_indices(lines, depth)
+        if _line_key(lines[index]) in running or PAGE_NUMBER.fullmatch(lines[index].strip())
+    }
+    text = "\n".join(line for index, line in enumerate(lines) if index not in dropped)
+    text = HYPHEN_BREAK.sub(_join_hyphenated, text)
+    return BLANK_RUN.sub("\n\n", text).strip("\n")
+
+
+def _join_hyphenated(match: re.Match[str]) -> str:
+    """ "exam-" + newline + "ple" becomes "example"; a capital after the break ("Anglo-\nSaxon") stays."""
+    head, tail = match.group(1), match.group(2)
+    return head + tail if tail.islower() else match.group(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+
+
+def store_key(settings: IngestSettings) -> str:
+    """What extraction depends on besides the bytes: settings, this module's code, pypdf's version."""
+    depends_on = {
+        "settings": settings.model_dump(mode="json"),
+        "code": sha256_file(Path(__file__)),
+        "pypdf": pypdf.__version__,
+    }
+    return json_digest(depends_on)[:STORE_KEY_CHARS]
+
+
+def ingest_documents(
+    paths: list[Path], out_root: Path, store_dir: Path, settings: IngestSettings
+) -> IngestOutput:
+    """Extract (or reuse) every document, flag byte-identical copies, publish records under their digest."""
+    key = store_key(settings)
+    records: list[DocumentRecord] = []
+    first_path: dict[str, str] = {}
+    extracted = 0
+    for path in paths:
+        content, fresh = _stored_or_extracted(path, store_dir, key, settings)
+        extracted += fresh
+        records.append(bind_to_path(content, path, duplicate_of=first_path.get(content.sha256)))
+        first_path.setdefault(content.sha256, str(path))
+    _require_some_ok(records)
+    return _publish(records, out_root, extracted=extracted, reused=len(records) - extracted)
+
+
+def _stored_or_extracted(
+    path: Path, store_dir: Path, key: str, settings: IngestSettings
+) -> tuple[ExtractedContent, bool]:
+    """(content, whether it was extracted now); extraction results are stored atomically."""
+    sha256 = sha256_file(path)
+    entry = store_dir / f"{sha256}-{key}.json"
+    if entry.exists():
+        return ExtractedContent.model_validate(read_json(entry)), False
+    content = extract_content(path, sha256, settings)
+    write_json_atomic(entry, content)
+    return content, True
+
+
+def _require_some_ok(records: list[DocumentRecord]) -> None:
+    if not records:
+        raise NoDocumentsError("no documents to ingest")
+    if not any(record.status == "ok" for record in records):
+        failures = "\n".join(f"  {record.path}: {record.reason}" for record in records)
+        raise NoDocumentsError(f"none of the {len(records)} documents could be ingested:\n{failures}")
+
+
+def summarize(records: list[DocumentRecord]) -> dict[str, int]:
+    ok = [record for record in records if record.status == "ok"]
+    return {
+        "documents": len(records),
+        "documents_ok": len(ok),
+        "documents_failed": len(records) - len(ok),
+        "documents_duplicate": sum(record.duplicate_of is not None for record in records),
+        "pages": sum(record.n_pages for record in ok if record.duplicate_of is None),
+    }
+
+
+def _publish(records: list[DocumentRecord], out_root: Path, extracted: int, reused: int) -> IngestOutput:
+    """Write ``documents.jsonl`` and ``summary.json`` and publish the folder under the records' digest."""
+    rows = [record.model_dump(mode="json") for record in records]
+    digest = rows_digest(rows)
+    counts = summarize(records)
+    failures = [{"path": r.path, "reason": r.reason} for r in records if r.status == "failed"]
+    tmp = new_tmp_dir(out_root)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    (tmp / DOCUMENTS_FILE).write_text(lines, encoding="utf-8")
+    write_json_atomic(tmp / SUMMARY_FILE, {**counts, "failures": failures})
+    final = publish_dir(tmp, out_root / digest[:OUTPUT_NAME_CHARS])
+    return IngestOutput(path=str(final), digest=digest, **counts, extracted=extracted, reused=reused)
+
+
+def read_documents(path: Path) -> list[DocumentRecord]:
+    """The records of a published ingest folder, in input order."""
+    text = (path / DOCUMENTS_FILE).read_text(encoding="utf-8")
+    return [DocumentRecord.model_validate_json(line) for line in text.splitlines() if line]

@@ -1,0 +1,83 @@
+"""Domain-adaptive causal-LM pretraining: QLoRA on the training documents' chunks, packed into blocks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from datasets import Dataset
+from peft import get_peft_model
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from docqa.modeling import BaseModelRef, count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.settings import ModelSettings, PretrainSettings
+from docqa.stages.chunk import read_chunks
+from docqa.training import (
+    StepLogger,
+    TrainOutput,
+    final_eval_loss,
+    publish_adapter,
+    run_training,
+    scratch_dir,
+    trainer_arguments,
+)
+
+ADAPTER_NAME = "pretrain"
+
+
+def pack_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
+    """Concatenate the texts (eos between them) and cut into full blocks; the tail is dropped."""
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(tokenizer.eos_token_id)
+    n_blocks = len(ids) // block_size
+    blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
+    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def pretrain(
+    chunks_path: Path,
+    base: BaseModelRef,
+    model_settings: ModelSettings,
+    settings: PretrainSettings,
+    out_root: Path,
+    on_log: StepLogger | None = None,
+) -> TrainOutput:
+    """Train the ``pretrain`` LoRA adapter on the 4-bit base; returns where it was saved."""
+    tokenizer = load_tokenizer(base.path, model_settings.revision)
+    train_blocks = pack_blocks(
+        list(read_chunks(chunks_path, "train")["text"]), tokenizer, settings.block_size
+    )
+    if not len(train_blocks):
+        raise ValueError(
+            f"the training chunks hold fewer tokens than one block of {settings.block_size}: "
+            "lower pretrain.block_size or add documents"
+        )
+    eval_blocks = pack_blocks(list(read_chunks(chunks_path, "eval")["text"]), tokenizer, settings.block_size)
+    eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
+
+    model = load_base_model(base, model_settings, for_training=True)
+    model = get_peft_model(model, lora_config(settings.lora), adapter_name=ADAPTER_NAME)
+    with scratch_dir(out_root) as work_dir:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0)),
+            train_dataset=train_blocks,
+            eval_dataset=eval_blocks if len(eval_blocks) else None,
+            data_collator=default_data_collator,
+        )
+        history, train_loss, seconds = run_training(trainer, on_log)
+    eval_loss = final_eval_loss(history)
+    metrics = {
+        "trainable_parameters": count_trainable(model),
+        "steps": trainer.state.global_step,
+        "train_blocks": len(train_blocks),
+        "train_tokens": len(train_blocks) * settings.block_size,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
+        "seconds": seconds,
+    }
+    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, history, metrics)
+    return TrainOutput.from_metrics(folder, digest, metrics)

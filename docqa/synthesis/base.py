@@ -1,0 +1,71 @@
+"""What every Q&A synthesis backend shares: the request and result records and the backend protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, Protocol
+
+from pydantic import BaseModel
+
+from docqa.settings import SynthesizeSettings
+
+
+class QAPair(BaseModel):
+    question: str
+    answer: str
+
+
+class ChunkRequest(BaseModel):
+    """One chunk to write questions about; ``doc_title`` is given to the generator as context."""
+
+    chunk_id: str
+    text: str
+    doc_title: str
+
+
+class ChunkResult(BaseModel):
+    """What a backend made of one chunk.
+
+    ``ok``: a reply came and was read (its pairs may still be filtered later, or be none);
+    ``unparsed``: a reply came but no pair could be read from it (``raw_reply`` keeps it);
+    ``failed``: no reply at all (HTTP error, timeout, refused connection).
+    """
+
+    chunk_id: str
+    status: Literal["ok", "unparsed", "failed"]
+    pairs: list[QAPair]
+    reason: str | None = None
+    raw_reply: str | None = None
+    attempts: int
+    latency_s: float
+
+
+class Backend(Protocol):
+    def identity(self) -> dict[str, str]:
+        """``backend``, ``model`` and ``prompt_version``: in the per-chunk store key and each pair's lineage.
+
+        A backend adds any further entry that shapes its replies beyond the reply settings the stage
+        keys on (see ``docqa.stages.synthesize.UNKEYED_SETTINGS``). Never a secret.
+        """
+        ...
+
+    def generate(self, requests: list[ChunkRequest]) -> Iterator[ChunkResult]:
+        """Exactly one result per request, yielded as each one is ready.
+
+        Results may come in any order (a concurrent backend yields them as they complete), so callers
+        match them to requests by ``chunk_id`` and must not rely on their order.
+        """
+        ...
+
+
+def make_backend(settings: SynthesizeSettings) -> Backend:
+    # Imported here because both backends import the records above.
+    if settings.backend == "extractive":
+        from docqa.synthesis.extractive import ExtractiveBackend
+
+        return ExtractiveBackend(settings)
+    if settings.backend == "openai":
+        from docqa.synthesis.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(settings)
+    raise ValueError(f"unknown synthesis backend {settings.backend!r}; expected 'extractive' or 'openai'")

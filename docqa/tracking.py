@@ -1,0 +1,161 @@
+"""MLflow: one parent run per flow run, one nested run per stage, datasets with our own digests,
+adapters as artifacts, loss curves as PNG. Plain functions over explicit run ids (no global active run),
+so the flow can log from any thread or process."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+PARAM_VALUE_LIMIT = 6000
+BATCH_LIMIT = 900  # MLflow accepts at most 1000 metrics / 100 params per batch
+PARAM_BATCH_LIMIT = 90
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+
+def tracking_uri(workspace: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+
+
+def ui_url(uri: str) -> str:
+    """Where the MLflow UI for ``uri`` is: the server itself, or a local ``mlflow ui`` on a file store."""
+    return (
+        uri.rstrip("/") if uri.startswith("http") else os.environ.get("DOCQA_MLFLOW_UI_URL", DEFAULT_UI_URL)
+    )
+
+
+def ui_command(uri: str) -> str | None:
+    if uri.startswith("http"):
+        return None
+    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+class Tracker:
+    """The MLflow side of one pipeline run."""
+
+    def __init__(self, workspace: Path, experiment: str):
+        self.uri = tracking_uri(workspace)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            artifacts = (
+                None if self.uri.startswith("http") else (workspace / "mlartifacts").resolve().as_uri()
+            )
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        self.parent_id: str | None = None
+
+    def start_parent(self, name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.parent_id = run.info.run_id
+        return self.parent_id
+
+    def start_stage(self, stage: str, tags: dict[str, str] | None = None) -> str:
+        all_tags = {PARENT_TAG: self.parent_id, "docqa.stage": stage, **(tags or {})}
+        return self.client.create_run(self.experiment_id, run_name=stage, tags=all_tags).info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        for start in range(0, len(items), PARAM_BATCH_LIMIT):
+            self.client.log_batch(run_id, params=items[start : start + PARAM_BATCH_LIMIT])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
+        items = [
+            Metric(k, float(v), timestamp=_now_ms(), step=step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for start in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=items[start : start + BATCH_LIMIT])
+
+    def log_history(self, run_id: str, history: list[dict]) -> None:
+        """Replay a saved trainer log history (a cached stage's curves)."""
+        for row in history:
+            numeric = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
+            self.log_metrics(run_id, numeric, step=int(row.get("step", 0)))
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_artifact(self, run_id: str, file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(file), artifact_path)
+
+    def log_dataset(
+        self, run_id: str, frame: pd.DataFrame, name: str, digest: str, source: Path, context: str
+    ):
+        """A dataset input named by *our* content digest (MLflow's own digests only the first 10k rows)."""
+        dataset = mlflow.data.from_pandas(frame, source=str(source), name=name, digest=digest[:36])
+        self.client.log_inputs(
+            run_id,
+            datasets=[
+                mlflow.entities.DatasetInput(
+                    dataset._to_mlflow_entity(),
+                    tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+                )
+            ],
+        )
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_figure(self, run_id: str, figure: Figure, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{ui_url(self.uri)}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def download(self, run_id: str, artifact_path: str, dest: Path | None = None) -> Path:
+        dest = dest or Path(tempfile.mkdtemp(prefix="docqa-artifacts-"))
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dest)))
+
+
+def step_logger(uri: str, run_id: str):
+    """A training callback: every log line becomes metrics of ``run_id`` at its step, as it happens."""
+    client = MlflowClient(tracking_uri=uri)
+
+    def log(values: dict[str, float], step: int) -> None:
+        metrics = [Metric(k, float(v), _now_ms(), step) for k, v in values.items() if math.isfinite(float(v))]
+        client.log_batch(run_id, metrics=metrics)
+
+    return log
+
+
+def loss_figure(histories: dict[str, list[dict]]) -> Figure:
+    """Training and eval loss per step, one panel per stage."""
+    figure = Figure(figsize=(5.5 * len(histories), 3.8))
+    axes = figure.subplots(1, len(histories), squeeze=False)
+    for axis, (stage, history) in zip(axes[0], histories.items(), strict=True):
+        for key, style in (("loss", "-"), ("eval_loss", "o--")):
+            points = [(row["step"], row[key]) for row in history if key in row]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, values, style, label=key.replace("_", " "))
+        axis.set_title(f"{stage}")
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

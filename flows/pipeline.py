@@ -1,0 +1,279 @@
+"""The docqa pipeline: ingest → chunk → synthesize → pretrain → sft → evaluate, as one Prefect flow.
+
+Every parameter is a pydantic model, so "Run" in the Prefect UI shows one form per stage. Tasks pass
+paths and content digests; cache keys are content hashes, so a re-run with the same documents and
+recipe trains nothing, and a new document costs only its own ingest, chunks and synthesis.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from docqa.hashing import fingerprint_files
+from docqa.records import StageRecorder, log_recipe_params, record_parent
+from docqa.report import RunReport
+from docqa.sample_corpus import write_sample_corpus
+from docqa.settings import (
+    ChunkSettings,
+    EvaluateSettings,
+    IngestSettings,
+    ModelSettings,
+    PretrainSettings,
+    Recipe,
+    SFTSettings,
+    SplitSettings,
+    SynthesizeSettings,
+    flatten,
+)
+from docqa.stages.evaluate import EvalOutput, read_generations
+from docqa.stages.ingest import list_documents
+from docqa.tracking import Tracker
+from tasks.stages import (
+    base_model_task,
+    chunk_task,
+    evaluate_task,
+    ingest_task,
+    pretrain_task,
+    sft_task,
+    synthesize_task,
+)
+
+DEFAULTS = Recipe()
+SAMPLE_GENERATION_CHARS = 300
+
+
+class StageFailed(RuntimeError):
+    """A stage failed; the message names it and says why."""
+
+
+class PipelineRun:
+    """Bookkeeping for one flow run: times each stage, records it, writes the report even on failure."""
+
+    def __init__(self, workspace: Path, docs: Path, recipe: Recipe):
+        self.workspace = workspace
+        self.tracker = Tracker(workspace, recipe.experiment)
+        self.report = RunReport(
+            flow_run_id=str(flow_run.id or "local"),
+            flow_run_name=str(flow_run.name or "local"),
+            recipe=recipe.name,
+            workspace=str(workspace),
+            docs=str(docs),
+        )
+        self.report.mlflow_run_id = self.tracker.start_parent(
+            self.report.flow_run_name,
+            {
+                "prefect.flow_run_id": self.report.flow_run_id,
+                "prefect.flow_run_name": self.report.flow_run_name,
+                "docqa.recipe": recipe.name,
+                "docqa.docs": str(docs),
+            },
+        )
+        self.report.links["mlflow_run"] = self.tracker.run_url(self.report.mlflow_run_id)
+        log_recipe_params(self.tracker, self.report.mlflow_run_id, recipe)
+        self.recorder = StageRecorder(self.tracker, self.report)
+        self.logger = get_run_logger()
+
+    def stage(self, name: str, task, live_metrics: bool = False, **kwargs: Any):
+        """Run one stage task (or take it from the cache) and record it; raise StageFailed on failure.
+
+        With ``live_metrics`` the task gets this stage's MLflow run and logs its steps as they happen.
+        """
+        record = self.report.stages[name]
+        run_id = self.tracker.start_stage(name, {"prefect.flow_run_id": self.report.flow_run_id})
+        record.mlflow_run_id = run_id
+        self.tracker.log_params(run_id, _settings_params(kwargs))
+        if live_metrics:
+            kwargs.update(mlflow_uri=self.tracker.uri, mlflow_run_id=run_id)
+        self.logger.info("stage %s: starting", name)
+        started = time.perf_counter()
+        state = task(**kwargs, return_state=True)
+        output = state.result(raise_on_failure=False)
+        if state.name == "Cached" and not (Path(output.path).exists() and output.complete):
+            self.logger.warning(
+                "stage %s: cached output %s is gone or incomplete; running again", name, output.path
+            )
+            state = task.with_options(refresh_cache=True)(**kwargs, return_state=True)
+            output = state.result(raise_on_failure=False)
+        record.seconds = round(time.perf_counter() - started, 2)
+        if state.is_failed():
+            record.status, record.error = "failed", f"{type(output).__name__}: {output}"
+            self.tracker.end(run_id, "FAILED")
+            raise StageFailed(f"stage {name} failed: {record.error}") from output
+        record.status, record.cached = "completed", state.name == "Cached"
+        self.tracker.set_tags(run_id, {"docqa.cached": record.cached})
+        record.figures = self.recorder.record(name, run_id, output, record.cached)
+        self.tracker.end(run_id)
+        self.logger.info(
+            "stage %s: completed%s in %.1fs %s",
+            name,
+            " (cached)" if record.cached else "",
+            record.seconds,
+            record.figures,
+        )
+        return output
+
+    def fail(self, error: BaseException) -> None:
+        self.report.finish(str(error))
+        self.report.write(self.workspace)
+        self.tracker.set_tags(self.report.mlflow_run_id, {"docqa.error": str(error)[:5000]})
+        self.tracker.end(self.report.mlflow_run_id, "FAILED")
+
+    def complete(self) -> None:
+        self.report.finish()
+        path = self.report.write(self.workspace)
+        self.tracker.log_artifact(self.report.mlflow_run_id, path, "report")
+        self.tracker.end(self.report.mlflow_run_id)
+
+
+def _settings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
+    params = {}
+    for key in ("settings", "split", "model"):
+        if key in kwargs:
+            params.update(flatten(kwargs[key], prefix=f"{key}."))
+    return params
+
+
+@flow(name="docqa-pipeline", description=__doc__.splitlines()[0])
+def docqa_pipeline(
+    docs: str | None = None,
+    workspace: str = "workspace",
+    recipe_name: str = DEFAULTS.name,
+    experiment: str = DEFAULTS.experiment,
+    model: ModelSettings = DEFAULTS.model,
+    ingest: IngestSettings = DEFAULTS.ingest,
+    chunk: ChunkSettings = DEFAULTS.chunk,
+    split: SplitSettings = DEFAULTS.split,
+    synthesize: SynthesizeSettings = DEFAULTS.synthesize,
+    pretrain: PretrainSettings = DEFAULTS.pretrain,
+    sft: SFTSettings = DEFAULTS.sft,
+    evaluate: EvaluateSettings = DEFAULTS.evaluate,
+) -> dict[str, Any]:
+    """PDFs in (``docs``; the bundled sample corpus when empty), held-out-evaluated LoRA adapters out."""
+    recipe = Recipe(
+        name=recipe_name,
+        experiment=experiment,
+        model=model,
+        ingest=ingest,
+        chunk=chunk,
+        split=split,
+        synthesize=synthesize,
+        pretrain=pretrain,
+        sft=sft,
+        evaluate=evaluate,
+    )
+    root = Path(workspace).resolve()
+    docs_dir = Path(docs).resolve() if docs else _sample_corpus(root)
+    run = PipelineRun(root, docs_dir, recipe)
+    try:
+        _run_stages(run, root, docs_dir, recipe)
+    except BaseException as error:
+        run.fail(error)
+        raise
+    run.complete()
+    return run.report.model_dump(mode="json")
+
+
+def _sample_corpus(workspace: Path) -> Path:
+    folder = workspace / "sample-corpus"
+    write_sample_corpus(folder)
+    return folder
+
+
+def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) -> None:
+    ws = str(root)
+    files = fingerprint_files(list_documents(docs_dir, recipe.ingest))
+    started = time.perf_counter()
+    base, built = base_model_task(recipe.model)
+    run.report.base_model = {
+        **base.model_dump(),
+        "built_now": built,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    run.tracker.set_tags(
+        run.report.mlflow_run_id, {"docqa.base_model": base.path, "docqa.base_digest": base.digest}
+    )
+
+    ingested = run.stage("ingest", ingest_task, files=files, workspace=ws, settings=recipe.ingest)
+    chunks = run.stage(
+        "chunk",
+        chunk_task,
+        ingest=ingested,
+        tokenizer_path=base.path,
+        tokenizer_digest=base.tokenizer_digest,
+        workspace=ws,
+        settings=recipe.chunk,
+        split=recipe.split,
+    )
+    qa = run.stage("synthesize", synthesize_task, chunks=chunks, workspace=ws, settings=recipe.synthesize)
+    pretrained = run.stage(
+        "pretrain",
+        pretrain_task,
+        live_metrics=True,
+        chunks=chunks,
+        base=base,
+        model=recipe.model,
+        settings=recipe.pretrain,
+        workspace=ws,
+    )
+    tuned = run.stage(
+        "sft",
+        sft_task,
+        live_metrics=True,
+        qa=qa,
+        pretrained=pretrained,
+        base=base,
+        model=recipe.model,
+        settings=recipe.sft,
+        workspace=ws,
+    )
+    evaluation = run.stage(
+        "evaluate",
+        evaluate_task,
+        ingest=ingested,
+        chunks=chunks,
+        qa=qa,
+        pretrained=pretrained,
+        tuned=tuned,
+        base=base,
+        model=recipe.model,
+        settings=recipe.evaluate,
+        workspace=ws,
+    )
+    tokenizer_dir = Path(base.path) if base.source != "hub" else None
+    record_parent(run.tracker, run.report, recipe, pretrained, tuned, evaluation, tokenizer_dir)
+    _prefect_artifacts(run, evaluation, recipe.evaluate.sample_generations)
+
+
+def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: int) -> None:
+    report = run.report
+    create_link_artifact(
+        key="mlflow-run",
+        link=report.links["mlflow_run"],
+        link_text="MLflow run",
+        description="docqa run in MLflow",
+    )
+    rows = [
+        {"metric": f"perplexity ({state})", "value": round(v, 3)}
+        for state, v in evaluation.perplexity.items()
+    ]
+    for state, scores in evaluation.rouge.items():
+        rows += [{"metric": f"{name} ({state})", "value": round(v, 4)} for name, v in scores.items()]
+    create_table_artifact(key="docqa-metrics", table=rows, description="Held-out metrics, base vs adapted")
+    samples = read_generations(Path(evaluation.path))[:sample_rows]
+    lines = ["| question | reference | base | tuned |", "|---|---|---|---|"]
+    for g in samples:
+        cells = [g.question, g.reference, g.base_answer, g.tuned_answer]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    create_markdown_artifact(
+        key="docqa-generations", markdown="\n".join(lines), description="Sample generations"
+    )
+
+
+def _cell(text: str) -> str:
+    return text[:SAMPLE_GENERATION_CHARS].replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,56 @@
+"""Cache keys by content: the inputs' digests, the stage's settings and the code that computes it.
+
+Prefect's default policy includes the flow run id, so it never hits across runs (see PITFALLS). Ours
+hashes each task parameter by what it holds: a stage output by its content digest (not its path or
+run counters), a settings model by its values, and adds the source of the modules that implement the
+stage, so a code change re-runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from pydantic import BaseModel
+
+import docqa
+from docqa.hashing import json_digest, sha256_file, tree_digest
+from docqa.modeling import BaseModelRef
+from docqa.workspace import StageOutput
+
+UNCACHED_PARAMETERS = {"mlflow_uri", "mlflow_run_id"}
+
+
+def _key_value(value: Any) -> Any:
+    if isinstance(value, StageOutput | BaseModelRef):
+        return value.digest
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_key_value(v) for v in value]
+    return value
+
+
+def module_digest(name: str) -> str:
+    """Digest of a module's source, or of every source file of a package."""
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__"):
+        return tree_digest(Path(module.__file__).parent, ("**/*.py",))
+    return sha256_file(Path(module.__file__))
+
+
+def content_policy(*implementation: str) -> CachePolicy:
+    """A policy keyed by the task's parameters' content and the named implementation modules."""
+
+    def cache_key(context, parameters: dict[str, Any]) -> str:
+        return json_digest(
+            {
+                "inputs": {k: _key_value(v) for k, v in parameters.items() if k not in UNCACHED_PARAMETERS},
+                "code": {name: module_digest(name) for name in implementation},
+                "version": docqa.__version__,
+            }
+        )
+
+    return CacheKeyFnPolicy(cache_key_fn=cache_key) + TASK_SOURCE

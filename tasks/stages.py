@@ -1,0 +1,144 @@
+"""The six pipeline stages (and the base model) as Prefect tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from docqa.bootstrap import ensure_bootstrap_base
+from docqa.hashing import FileFingerprint
+from docqa.modeling import BaseModelRef, describe_base, load_tokenizer
+from docqa.settings import (
+    ChunkSettings,
+    EvaluateSettings,
+    IngestSettings,
+    ModelSettings,
+    PretrainSettings,
+    SFTSettings,
+    SplitSettings,
+    SynthesizeSettings,
+)
+from docqa.stages.chunk import ChunkOutput, chunk_documents
+from docqa.stages.evaluate import EvalOutput, evaluate_models
+from docqa.stages.ingest import IngestOutput, ingest_documents
+from docqa.stages.pretrain import pretrain
+from docqa.stages.sft import sft
+from docqa.stages.synthesize import SynthesizeOutput, synthesize_qa
+from docqa.tracking import step_logger
+from docqa.training import TrainOutput
+from tasks.caching import content_policy
+
+TRAINING_CODE = ("docqa.stages.pretrain", "docqa.training", "docqa.modeling")
+
+
+@task(name="base-model", cache_policy=NO_CACHE)
+def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
+    """Resolve the base model: the configured folder or hub id, or the bootstrap base (built if missing)."""
+    if settings.base:
+        return describe_base(settings.base, settings.revision), False
+    folder, built = ensure_bootstrap_base(settings.bootstrap)
+    return describe_base(str(folder), source="bootstrap"), built
+
+
+@task(name="ingest", cache_policy=content_policy("docqa.stages.ingest"), persist_result=True)
+def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSettings) -> IngestOutput:
+    """Extract and clean text, one document at a time; unreadable files are recorded with a reason."""
+    root = Path(workspace) / "ingest"
+    return ingest_documents([Path(f.path) for f in files], root, root / "store", settings)
+
+
+@task(name="chunk", cache_policy=content_policy("docqa.stages.chunk"), persist_result=True)
+def chunk_task(
+    ingest: IngestOutput,
+    tokenizer_path: str,
+    tokenizer_digest: str,
+    workspace: str,
+    settings: ChunkSettings,
+    split: SplitSettings,
+) -> ChunkOutput:
+    """Token-sized chunks with page spans, deduplicated, split by document."""
+    root = Path(workspace) / "chunk"
+    tokenizer = load_tokenizer(tokenizer_path)
+    return chunk_documents(
+        Path(ingest.path), tokenizer, tokenizer_digest, root, root / "store", settings, split
+    )
+
+
+@task(
+    name="synthesize",
+    cache_policy=content_policy("docqa.stages.synthesize", "docqa.synthesis"),
+    persist_result=True,
+)
+def synthesize_task(chunks: ChunkOutput, workspace: str, settings: SynthesizeSettings) -> SynthesizeOutput:
+    """Question–answer pairs per chunk; only chunks missing from the per-chunk store reach the backend."""
+    root = Path(workspace) / "synthesize"
+    return synthesize_qa(Path(chunks.path) / "chunks.parquet", root, root / "store", settings)
+
+
+@task(name="pretrain", cache_policy=content_policy(*TRAINING_CODE), persist_result=True)
+def pretrain_task(
+    chunks: ChunkOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: PretrainSettings,
+    workspace: str,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> TrainOutput:
+    """QLoRA domain-adaptive pretraining on the training documents' chunks."""
+    on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
+    return pretrain(Path(chunks.path), base, model, settings, Path(workspace) / "pretrain", on_log)
+
+
+@task(
+    name="sft",
+    cache_policy=content_policy("docqa.stages.sft", "docqa.prompting", *TRAINING_CODE),
+    persist_result=True,
+)
+def sft_task(
+    qa: SynthesizeOutput,
+    pretrained: TrainOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: SFTSettings,
+    workspace: str,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> TrainOutput:
+    """SFT with TRL on the training Q&A, stacked on the pretraining adapter, loss on answers only."""
+    on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
+    return sft(
+        Path(qa.path), Path(pretrained.adapter_path), base, model, settings, Path(workspace) / "sft", on_log
+    )
+
+
+@task(
+    name="evaluate",
+    cache_policy=content_policy("docqa.stages.evaluate", "docqa.prompting", "docqa.modeling"),
+    persist_result=True,
+)
+def evaluate_task(
+    ingest: IngestOutput,
+    chunks: ChunkOutput,
+    qa: SynthesizeOutput,
+    pretrained: TrainOutput,
+    tuned: TrainOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: EvaluateSettings,
+    workspace: str,
+) -> EvalOutput:
+    """Perplexity and ROUGE on held-out documents, base vs adapted."""
+    return evaluate_models(
+        Path(ingest.path),
+        Path(chunks.path),
+        Path(qa.path),
+        Path(pretrained.adapter_path),
+        Path(tuned.adapter_path),
+        base,
+        model,
+        settings,
+        Path(workspace) / "evaluate",
+    )

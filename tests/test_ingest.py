@@ -1,0 +1,269 @@
+"""Ingest: each file extracted in isolation, broken ones recorded with their reason, results reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pypdf
+import pytest
+from pdf_factory import (
+    HYPHEN_HEAD,
+    HYPHENATED_WORD,
+    REPORT_FOOTER,
+    REPORT_HEADER,
+    write_bomb_pdf,
+    write_empty_file,
+    write_encrypted_pdf,
+    write_image_only_pdf,
+    write_not_a_pdf,
+    write_report_pdf,
+    write_text_file,
+    write_truncated_pdf,
+)
+
+from docqa.settings import IngestSettings
+from docqa.stages.ingest import (
+    DOCUMENTS_FILE,
+    SUMMARY_FILE,
+    NoDocumentsError,
+    clean_pages,
+    extract_document,
+    ingest_documents,
+    list_documents,
+    read_documents,
+)
+
+SETTINGS = IngestSettings()
+MARKDOWN = "# Widget Handbook\n\nWidgets are assembled from a frame, a spindle and two gaskets.\n"
+PLAIN_TEXT = "Maintenance notes\n\nThe spindle must be greased every   second week.  \n\n\n\nNothing else.\n"
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory) -> dict[str, Path]:
+    """One of every kind of file, good and bad."""
+    folder = tmp_path_factory.mktemp("docs")
+    good = write_report_pdf(folder / "report.pdf")
+    files = {
+        "good": good,
+        "copy": folder / "report-copy.pdf",
+        "encrypted": write_encrypted_pdf(good, folder / "locked.pdf"),
+        "empty_password": write_encrypted_pdf(good, folder / "owner-only.pdf", user_password=""),
+        "truncated": write_truncated_pdf(good, folder / "truncated.pdf"),
+        "empty": write_empty_file(folder / "empty.pdf"),
+        "not_pdf": write_not_a_pdf(folder / "note.pdf"),
+        "scanned": write_image_only_pdf(folder / "scan.pdf"),
+        "text": write_text_file(folder / "notes.txt", PLAIN_TEXT),
+        "markdown": write_text_file(folder / "handbook.md", MARKDOWN),
+    }
+    files["copy"].write_bytes(good.read_bytes())
+    return files
+
+
+@pytest.fixture(scope="module")
+def mixed_run(docs, tmp_path_factory):
+    """All files through one ``ingest_documents`` call."""
+    root = tmp_path_factory.mktemp("run")
+    output = ingest_documents(list(docs.values()), root / "ingest", root / "store", SETTINGS)
+    records = {name: record for name, record in zip(docs, read_documents(Path(output.path)), strict=True)}
+    return output, records
+
+
+def test_good_pdf_comes_out_without_headers_footers_or_page_numbers(docs):
+    record = extract_document(docs["good"], SETTINGS)
+    assert record.status == "ok" and record.reason is None
+    assert record.title == "Widget Inspection Report"
+    assert record.n_pages == len(record.pages) == 4
+    assert record.doc_id == record.sha256[:16]
+    text = "\n".join(page.text for page in record.pages)
+    assert REPORT_HEADER not in text and REPORT_FOOTER not in text
+    assert "Page " not in text
+    assert HYPHENATED_WORD in record.pages[1].text and HYPHEN_HEAD not in text
+    assert "flux capacitor" in record.pages[0].text
+
+
+def test_each_bad_file_fails_with_its_own_reason_while_the_others_succeed(mixed_run):
+    output, records = mixed_run
+    expected_reason = {
+        "encrypted": "encrypted with a password",
+        "truncated": "truncated",
+        "empty": "empty (0 bytes)",
+        "not_pdf": "not a PDF",
+        "scanned": "no text could be extracted",
+    }
+    for name, fragment in expected_reason.items():
+        assert records[name].status == "failed", name
+        assert fragment in records[name].reason, (name, records[name].reason)
+        assert records[name].pages == []
+    for name in ("good", "copy", "empty_password", "text", "markdown"):
+        assert records[name].status == "ok", (name, records[name].reason)
+    assert output.documents == len(records)
+    assert output.documents_failed == len(expected_reason)
+    assert output.documents_ok == len(records) - len(expected_reason)
+
+
+def test_failed_records_keep_what_is_known(mixed_run):
+    _, records = mixed_run
+    assert records["scanned"].n_pages == 2 and records["scanned"].low_text_pages == 2
+    assert records["truncated"].n_pages == 0
+    assert records["scanned"].title == "scan"  # no metadata title: the file stem
+
+
+def test_pdf_with_empty_user_password_is_read(mixed_run):
+    _, records = mixed_run
+    assert records["empty_password"].pages == records["good"].pages
+
+
+def test_text_and_markdown_files(mixed_run):
+    _, records = mixed_run
+    assert records["markdown"].title == "Widget Handbook"
+    assert records["markdown"].n_pages == 1
+    assert records["text"].title == "Maintenance notes"
+    assert records["text"].pages[0].text == (
+        "Maintenance notes\n\nThe spindle must be greased every second week.\n\nNothing else."
+    )
+
+
+def test_identical_files_are_flagged_as_duplicates(mixed_run, docs):
+    output, records = mixed_run
+    assert records["copy"].duplicate_of == str(docs["good"])
+    assert records["copy"].status == "ok"
+    assert records["empty_password"].duplicate_of is None  # same text, different bytes
+    assert output.documents_duplicate == 1
+    assert output.pages == sum(r.n_pages for n, r in records.items() if r.status == "ok" and n != "copy")
+
+
+def test_published_folder_holds_records_and_summary(mixed_run):
+    output, records = mixed_run
+    folder = Path(output.path)
+    assert folder.name == output.digest[:16]
+    assert len((folder / DOCUMENTS_FILE).read_text().splitlines()) == len(records)
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
+    assert summary["documents_failed"] == output.documents_failed
+    assert {Path(f["path"]).name for f in summary["failures"]} == {
+        "locked.pdf",
+        "truncated.pdf",
+        "empty.pdf",
+        "note.pdf",
+        "scan.pdf",
+    }
+
+
+def test_second_run_reuses_everything_and_a_new_file_is_the_only_extraction(docs, tmp_path):
+    paths = [docs["good"], docs["text"], docs["scanned"]]
+    first = ingest_documents(paths, tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    again = ingest_documents(paths, tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    assert (first.extracted, first.reused) == (3, 0)
+    assert (again.extracted, again.reused) == (0, 3)
+    assert (again.digest, again.path) == (first.digest, first.path)
+
+    extended = ingest_documents([*paths, docs["markdown"]], tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    assert (extended.extracted, extended.reused) == (1, 3)
+    assert extended.digest != first.digest
+
+
+def test_changed_settings_extract_again(docs, tmp_path):
+    paths = [docs["good"]]
+    ingest_documents(paths, tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    changed = ingest_documents(
+        paths, tmp_path / "ingest", tmp_path / "store", SETTINGS.model_copy(update={"header_footer_lines": 2})
+    )
+    assert changed.extracted == 1
+
+
+def test_renamed_copy_from_the_store_gets_its_own_path_and_name(docs, tmp_path):
+    ingest_documents([docs["scanned"], docs["good"]], tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    renamed = write_image_only_pdf(tmp_path / "other-scan.pdf")
+    output = ingest_documents([renamed, docs["good"]], tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    record = read_documents(Path(output.path))[0]
+    assert output.reused == 2
+    assert (record.path, record.name, record.title) == (str(renamed), "other-scan.pdf", "other-scan")
+
+
+def test_all_failed_raises_with_every_reason(docs, tmp_path):
+    bad = [docs["empty"], docs["not_pdf"], docs["encrypted"]]
+    with pytest.raises(NoDocumentsError) as raised:
+        ingest_documents(bad, tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    message = str(raised.value)
+    for path, fragment in zip(bad, ("empty", "not a PDF", "encrypted"), strict=True):
+        assert f"{path}: " in message and fragment in message
+    assert not (tmp_path / "ingest").exists() or not any((tmp_path / "ingest").iterdir())
+
+
+def test_no_paths_raises(tmp_path):
+    with pytest.raises(NoDocumentsError, match="no documents"):
+        ingest_documents([], tmp_path / "ingest", tmp_path / "store", SETTINGS)
+
+
+def test_decompression_bomb_fails(docs, tmp_path):
+    bomb = write_bomb_pdf(docs["good"], tmp_path / "bomb.pdf", decompressed_bytes=200_000)
+    with pypdf.apply_configuration(zlib_maximum_output_length=100_000):
+        record = extract_document(bomb, SETTINGS)
+    assert record.status == "failed" and "decompression" in record.reason
+
+
+def test_deep_parser_errors_are_recorded_as_corrupt(docs, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("/Resources")
+
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", broken)
+    record = extract_document(docs["good"], SETTINGS)
+    assert record.status == "failed"
+    assert "corrupt" in record.reason and "KeyError" in record.reason
+
+
+def test_oversized_file_is_refused(docs):
+    record = extract_document(docs["good"], SETTINGS.model_copy(update={"max_file_mb": 0.001}))
+    assert record.status == "failed" and "over the limit" in record.reason and "max_file_mb" in record.reason
+
+
+def test_invalid_utf8_and_blank_text_files_fail(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 cr\u00e8me".encode("latin-1"))
+    blank = write_text_file(tmp_path / "blank.md", "   \n\n  \n")
+    assert "not valid UTF-8" in extract_document(latin1, SETTINGS).reason
+    assert extract_document(blank, SETTINGS).reason == "the file contains no text"
+
+
+def test_clean_pages_removes_running_lines_and_page_numbers():
+    topics = ("gaskets", "spindles", "frames", "bearings")
+    pages = [
+        f"Annual Report 2024\n{number_line}\nThis page on {topic} talks about rev-\nenue and Anglo-\nSaxon "
+        f"trade.\n\n\n\nA   paragraph on {topic}   here.   \n   indented {topic} code\n"
+        f"Confidential · printed 2024-0{i}-01"
+        for i, (topic, number_line) in enumerate(
+            zip(topics, ["12", "- 13 -", "Page 3 of 9", "4/9"], strict=True), start=1
+        )
+    ]
+    cleaned = clean_pages(pages, SETTINGS)
+    assert cleaned[0] == (
+        "This page on gaskets talks about revenue and Anglo-\nSaxon trade.\n\n"
+        "A paragraph on gaskets here.\n   indented gaskets code"
+    )
+    for text in cleaned:
+        assert "Annual Report" not in text and "Confidential" not in text
+        assert not any(line.strip().endswith(("9", "12", "13 -")) for line in text.splitlines())
+
+
+def test_short_documents_keep_repeated_lines_but_lose_page_numbers():
+    pages = ["Chapter title\nFirst page body.\n1", "Chapter title\nSecond page body.\n2"]
+    assert clean_pages(pages, SETTINGS) == [
+        "Chapter title\nFirst page body.",
+        "Chapter title\nSecond page body.",
+    ]
+
+
+def test_list_documents_recursive_sorted_and_skips_hidden(tmp_path):
+    for name in ("b.pdf", "a/z.md", "a/y.TXT", ".hidden.pdf", ".git/x.txt", "image.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_documents(tmp_path, SETTINGS)]
+    assert found == ["a/y.TXT", "a/z.md", "b.pdf"]
+
+
+def test_list_documents_without_documents_names_the_extensions(tmp_path):
+    (tmp_path / "image.png").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"\.md, \.pdf, \.txt"):
+        list_documents(tmp_path, SETTINGS)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_documents(tmp_path / "missing", SETTINGS)
