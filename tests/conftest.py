@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
-from docqa.settings import BootstrapSettings, Recipe  # noqa: E402
+from docqa.settings import BootstrapSettings, Recipe
 
 TINY_BOOTSTRAP = BootstrapSettings(
     vocab_size=600,

@@ -129,5 +129,5 @@ def test_eval_documents_globs_force_the_held_out_side(tmp_path, tiny_base):
 
 def test_a_split_with_no_held_out_document_is_refused(tmp_path, tiny_base):
     write_topics(tmp_path / "docs", ("for", "while"))
-    with pytest.raises(EmptySplitError, match="split.eval_documents"):
+    with pytest.raises(EmptySplitError, match=r"split\.eval_documents"):
         run_chunk(tmp_path / "docs", tmp_path / "ws", tiny_base, SplitSettings(eval_fraction=1e-9))

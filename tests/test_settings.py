@@ -71,7 +71,7 @@ def test_lengths_beyond_the_bootstrap_context_are_refused():
 
 
 def test_malformed_override_is_refused():
-    with pytest.raises(SettingsError, match="stage.key=value"):
+    with pytest.raises(SettingsError, match=r"stage\.key=value"):
         load_recipe(None, ["pretrain.lora.r"])
 
 
