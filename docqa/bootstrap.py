@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from docqa.hashing import json_digest, sha256_file
-from docqa.modeling import cache_root
+from docqa.outputs import cache_root
 from docqa.settings import BootstrapSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,10 +25,16 @@ def configure_environment(workspace: Path) -> dict[str, str]:
     chosen = {}
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         chosen["PREFECT_HOME"] = str(workspace / "prefect")
-    chosen.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    chosen.setdefault("TOKENIZERS_PARALLELISM", "false")
+        (workspace / "prefect").mkdir(parents=True, exist_ok=True)
+    chosen["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    chosen["TOKENIZERS_PARALLELISM"] = "false"
+    chosen["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # training keeps its step bar; dataset maps don't
     for key, value in chosen.items():
         os.environ.setdefault(key, value)
+    # Library chatter that says nothing about this run (deprecations inside transformers, MLflow's
+    # dataset-source guesses); our own warnings and every error still show.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
     return chosen
 
 

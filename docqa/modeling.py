@@ -3,53 +3,14 @@ folder on CPU and a Llama checkpoint from the hub on a GPU."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
-from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from docqa.hashing import json_digest, tree_digest
+from docqa.outputs import BaseModelRef
 from docqa.settings import LoraSettings, ModelSettings
-
-TOKENIZER_FILES = (
-    "tokenizer*",
-    "special_tokens_map.json",
-    "vocab*",
-    "merges.txt",
-    "*.model",
-    "chat_template*",
-)
-
-
-class BaseModelRef(BaseModel):
-    """Where the base model is and what it holds (digests feed the cache keys)."""
-
-    path: str  # local folder, or a hub id
-    digest: str  # weights + config + tokenizer
-    tokenizer_digest: str
-    source: str  # "bootstrap" | "local" | "hub"
-
-
-def cache_root() -> Path:
-    """Where built artefacts shared across workspaces live (the bootstrap base)."""
-    return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
-
-
-def describe_base(path_or_id: str, revision: str | None = None, source: str | None = None) -> BaseModelRef:
-    """Fingerprint a local folder by content; a hub id by its name and revision."""
-    folder = Path(path_or_id)
-    if folder.is_dir():
-        return BaseModelRef(
-            path=str(folder.resolve()),
-            digest=tree_digest(folder),
-            tokenizer_digest=tree_digest(folder, TOKENIZER_FILES),
-            source=source or "local",
-        )
-    identity = json_digest({"hub": path_or_id, "revision": revision})
-    return BaseModelRef(path=path_or_id, digest=identity, tokenizer_digest=identity, source="hub")
 
 
 def device() -> torch.device:

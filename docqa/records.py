@@ -9,15 +9,23 @@ from typing import Any
 
 import pandas as pd
 
-from docqa.modeling import TOKENIZER_FILES
+from docqa.outputs import (
+    LOG_HISTORY_FILE,
+    TOKENIZER_FILES,
+    ChunkOutput,
+    EvalOutput,
+    SynthesizeOutput,
+    TrainOutput,
+    chunks_file,
+    qa_file,
+    read_document_chunks,
+    read_generations,
+    read_log_history,
+)
 from docqa.report import DocumentReport, RunReport
 from docqa.settings import Recipe, flatten
-from docqa.stages.chunk import ChunkOutput, chunks_file, read_document_chunks
-from docqa.stages.evaluate import EvalOutput, read_generations
 from docqa.stages.ingest import IngestOutput, read_documents
-from docqa.stages.synthesize import SynthesizeOutput
 from docqa.tracking import Tracker, loss_figure
-from docqa.training import LOG_HISTORY_FILE, TrainOutput, read_log_history
 
 
 class StageRecorder:
@@ -111,7 +119,7 @@ class StageRecorder:
         self.tracker.log_metrics(run_id, {**figures, "pairs_raw": output.pairs_raw})
         folder = Path(output.path)
         for split, context in (("train", "training"), ("eval", "evaluation")):
-            file = folder / f"qa_{split}.parquet"
+            file = qa_file(folder, split)
             frame = pd.read_parquet(file)
             for target in (run_id, self.report.mlflow_run_id):
                 self.tracker.log_dataset(target, frame, f"qa_{split}", output.digest, file, context)

@@ -15,27 +15,11 @@ from peft import PeftModel
 from transformers import Trainer, TrainerCallback
 
 from docqa.hashing import tree_digest
+from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE
 from docqa.settings import TrainSettings
-from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, write_json_atomic
+from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
 StepLogger = Callable[[dict[str, float], int], None]
-ADAPTER_DIR = "adapter"
-LOG_HISTORY_FILE = "log_history.json"
-
-
-class TrainOutput(StageOutput):
-    adapter_path: str
-    trainable_parameters: int
-    steps: int
-    train_tokens: int
-    train_loss: float
-    eval_loss: float | None
-    seconds: float
-
-    @classmethod
-    def from_metrics(cls, folder: Path, digest: str, metrics: dict[str, Any]) -> TrainOutput:
-        fields = {k: metrics[k] for k in cls.model_fields if k in metrics}
-        return cls(path=str(folder), digest=digest, adapter_path=str(folder / ADAPTER_DIR), **fields)
 
 
 def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool) -> dict[str, Any]:
@@ -123,7 +107,3 @@ def publish_adapter(
     digest = tree_digest(tmp / ADAPTER_DIR)
     final = publish_dir(tmp, out_root / digest[:16])
     return final, digest
-
-
-def read_log_history(stage_path: Path) -> list[dict]:
-    return json.loads((Path(stage_path) / LOG_HISTORY_FILE).read_text())

@@ -16,6 +16,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run
 
 from docqa.hashing import fingerprint_files
+from docqa.outputs import EvalOutput, read_generations
 from docqa.records import StageRecorder, log_recipe_params, record_parent
 from docqa.report import RunReport
 from docqa.sample_corpus import write_sample_corpus
@@ -31,7 +32,6 @@ from docqa.settings import (
     SynthesizeSettings,
     flatten,
 )
-from docqa.stages.evaluate import EvalOutput, read_generations
 from docqa.stages.ingest import list_documents
 from docqa.tracking import Tracker
 from tasks.stages import (

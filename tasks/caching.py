@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 import docqa
 from docqa.hashing import json_digest, sha256_file, tree_digest
-from docqa.modeling import BaseModelRef
+from docqa.outputs import BaseModelRef
 from docqa.workspace import StageOutput
 
 UNCACHED_PARAMETERS = {"mlflow_uri", "mlflow_run_id"}

@@ -1,4 +1,9 @@
-"""The six pipeline stages (and the base model) as Prefect tasks."""
+"""The six pipeline stages (and the base model) as Prefect tasks.
+
+Each task adds only caching and naming around a plain function of ``docqa.stages``. The stage
+modules are imported inside the task bodies: they pull in torch, transformers and datasets, and a
+fully cached run, which never calls them, should start in seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from docqa.bootstrap import ensure_bootstrap_base
 from docqa.hashing import FileFingerprint
-from docqa.modeling import BaseModelRef, describe_base, load_tokenizer
+from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput, describe_base
 from docqa.settings import (
     ChunkSettings,
     EvaluateSettings,
@@ -20,17 +24,10 @@ from docqa.settings import (
     SplitSettings,
     SynthesizeSettings,
 )
-from docqa.stages.chunk import ChunkOutput, chunk_documents
-from docqa.stages.evaluate import EvalOutput, evaluate_models
-from docqa.stages.ingest import IngestOutput, ingest_documents
-from docqa.stages.pretrain import pretrain
-from docqa.stages.sft import sft
-from docqa.stages.synthesize import SynthesizeOutput, synthesize_qa
-from docqa.tracking import step_logger
-from docqa.training import TrainOutput
+from docqa.stages.ingest import IngestOutput
 from tasks.caching import content_policy
 
-TRAINING_CODE = ("docqa.stages.pretrain", "docqa.training", "docqa.modeling")
+TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs")
 
 
 @task(name="base-model", cache_policy=NO_CACHE)
@@ -38,6 +35,10 @@ def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
     """Resolve the base model: the configured folder or hub id, or the bootstrap base (built if missing)."""
     if settings.base:
         return describe_base(settings.base, settings.revision), False
+    from docqa.bootstrap import bootstrap_dir, ensure_bootstrap_base
+
+    if (bootstrap_dir(settings.bootstrap) / "config.json").is_file():
+        return describe_base(str(bootstrap_dir(settings.bootstrap)), source="bootstrap"), False
     folder, built = ensure_bootstrap_base(settings.bootstrap)
     return describe_base(str(folder), source="bootstrap"), built
 
@@ -45,6 +46,8 @@ def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
 @task(name="ingest", cache_policy=content_policy("docqa.stages.ingest"), persist_result=True)
 def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSettings) -> IngestOutput:
     """Extract and clean text, one document at a time; unreadable files are recorded with a reason."""
+    from docqa.stages.ingest import ingest_documents
+
     root = Path(workspace) / "ingest"
     return ingest_documents([Path(f.path) for f in files], root, root / "store", settings)
 
@@ -59,6 +62,9 @@ def chunk_task(
     split: SplitSettings,
 ) -> ChunkOutput:
     """Token-sized chunks with page spans, deduplicated, split by document."""
+    from docqa.modeling import load_tokenizer
+    from docqa.stages.chunk import chunk_documents
+
     root = Path(workspace) / "chunk"
     tokenizer = load_tokenizer(tokenizer_path)
     return chunk_documents(
@@ -73,11 +79,16 @@ def chunk_task(
 )
 def synthesize_task(chunks: ChunkOutput, workspace: str, settings: SynthesizeSettings) -> SynthesizeOutput:
     """Question–answer pairs per chunk; only chunks missing from the per-chunk store reach the backend."""
+    from docqa.outputs import chunks_file
+    from docqa.stages.synthesize import synthesize_qa
+
     root = Path(workspace) / "synthesize"
-    return synthesize_qa(Path(chunks.path) / "chunks.parquet", root, root / "store", settings)
+    return synthesize_qa(chunks_file(Path(chunks.path)), root, root / "store", settings)
 
 
-@task(name="pretrain", cache_policy=content_policy(*TRAINING_CODE), persist_result=True)
+@task(
+    name="pretrain", cache_policy=content_policy("docqa.stages.pretrain", *TRAINING_CODE), persist_result=True
+)
 def pretrain_task(
     chunks: ChunkOutput,
     base: BaseModelRef,
@@ -88,6 +99,9 @@ def pretrain_task(
     mlflow_run_id: str | None = None,
 ) -> TrainOutput:
     """QLoRA domain-adaptive pretraining on the training documents' chunks."""
+    from docqa.stages.pretrain import pretrain
+    from docqa.tracking import step_logger
+
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
     return pretrain(Path(chunks.path), base, model, settings, Path(workspace) / "pretrain", on_log)
 
@@ -108,6 +122,9 @@ def sft_task(
     mlflow_run_id: str | None = None,
 ) -> TrainOutput:
     """SFT with TRL on the training Q&A, stacked on the pretraining adapter, loss on answers only."""
+    from docqa.stages.sft import sft
+    from docqa.tracking import step_logger
+
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
     return sft(
         Path(qa.path), Path(pretrained.adapter_path), base, model, settings, Path(workspace) / "sft", on_log
@@ -116,7 +133,9 @@ def sft_task(
 
 @task(
     name="evaluate",
-    cache_policy=content_policy("docqa.stages.evaluate", "docqa.prompting", "docqa.modeling"),
+    cache_policy=content_policy(
+        "docqa.stages.evaluate", "docqa.prompting", "docqa.modeling", "docqa.outputs", "docqa.metrics"
+    ),
     persist_result=True,
 )
 def evaluate_task(
@@ -131,6 +150,8 @@ def evaluate_task(
     workspace: str,
 ) -> EvalOutput:
     """Perplexity and ROUGE on held-out documents, base vs adapted."""
+    from docqa.stages.evaluate import evaluate_models
+
     return evaluate_models(
         Path(ingest.path),
         Path(chunks.path),

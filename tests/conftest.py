@@ -63,7 +63,7 @@ def docqa_cache(tmp_path_factory) -> Path:
 def tiny_base(docqa_cache):
     """The tiny bootstrap base (a real tokenizer and Llama trained for a few steps), as a BaseModelRef."""
     from docqa.bootstrap import ensure_bootstrap_base
-    from docqa.modeling import describe_base
+    from docqa.outputs import describe_base
 
     folder, _ = ensure_bootstrap_base(TINY_BOOTSTRAP)
     return describe_base(str(folder), source="bootstrap")

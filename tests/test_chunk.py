@@ -11,14 +11,9 @@ import pytest
 from pdf_factory import write_report_pdf
 
 from docqa.modeling import load_tokenizer
+from docqa.outputs import read_document_chunks
 from docqa.settings import ChunkSettings, IngestSettings, SplitSettings
-from docqa.stages.chunk import (
-    EmptySplitError,
-    chunk_documents,
-    document_split,
-    read_chunks,
-    read_document_chunks,
-)
+from docqa.stages.chunk import EmptySplitError, chunk_documents, document_split, read_chunks
 from docqa.stages.ingest import ingest_documents, list_documents, read_documents
 
 CHUNK = ChunkSettings(chunk_tokens=96, overlap_tokens=12, min_chunk_tokens=12)

@@ -18,10 +18,10 @@ from datasets import Dataset
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
+from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, chunks_file
 from docqa.settings import ChunkSettings, SplitSettings
 from docqa.stages.ingest import DocumentRecord, read_documents
 from docqa.workspace import (
-    StageOutput,
     new_tmp_dir,
     publish_dir,
     read_json,
@@ -36,20 +36,6 @@ _SPLIT_SCALE = 16**15  # the split score reads the first 15 hex digits of a sha2
 
 class EmptySplitError(ValueError):
     """The split left no training or no held-out document."""
-
-
-class ChunkOutput(StageOutput):
-    documents: int  # documents that were chunked (ok and not duplicates)
-    chunks: int
-    train_chunks: int
-    eval_chunks: int
-    train_documents: int
-    eval_documents: int
-    duplicate_documents: int
-    duplicate_chunks: int
-    short_chunks_dropped: int
-    chunked: int  # documents chunked in this call
-    reused: int  # documents taken from the per-document store
 
 
 def document_split(doc: DocumentRecord, settings: SplitSettings) -> str:
@@ -189,7 +175,7 @@ def _publish(
 ) -> ChunkOutput:
     digest = rows_digest(rows)
     tmp = new_tmp_dir(out_root)
-    Dataset.from_list(rows).to_parquet(str(tmp / "chunks.parquet"))
+    Dataset.from_list(rows).to_parquet(str(chunks_file(tmp)))
     summary = {
         "documents": chunked_documents,
         "chunks": len(rows),
@@ -202,7 +188,7 @@ def _publish(
         "short_chunks_dropped": counts["short_chunks_dropped"],
     }
     write_json_atomic(tmp / "summary.json", summary)
-    write_text_atomic(tmp / "documents.json", json.dumps(per_document, indent=2))
+    write_text_atomic(tmp / CHUNK_DOCUMENTS_FILE, json.dumps(per_document, indent=2))
     final = publish_dir(tmp, out_root / digest[:16])
     return ChunkOutput(
         path=str(final),
@@ -213,17 +199,8 @@ def _publish(
     )
 
 
-def chunks_file(chunk_path: Path) -> Path:
-    return Path(chunk_path) / "chunks.parquet"
-
-
 def read_chunks(chunk_path: Path, split: str | None = None) -> Dataset:
     frame = pd.read_parquet(chunks_file(chunk_path))
     if split is not None:
         frame = frame[frame["split"] == split]
     return Dataset.from_pandas(frame, preserve_index=False)
-
-
-def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
-    """Per document id: its path, split and number of chunks kept."""
-    return read_json(Path(chunk_path) / "documents.json")

@@ -14,36 +14,17 @@ from pathlib import Path
 
 import evaluate as hf_evaluate
 import torch
-from pydantic import BaseModel
 
 from docqa.hashing import json_digest
-from docqa.modeling import BaseModelRef, load_adapted_model, load_tokenizer
+from docqa.modeling import load_adapted_model, load_tokenizer
+from docqa.outputs import GENERATIONS_FILE, BaseModelRef, EvalOutput, Generation, read_document_chunks
 from docqa.prompting import encode_prompts
 from docqa.settings import EvaluateSettings, ModelSettings
-from docqa.stages.chunk import read_document_chunks
 from docqa.stages.ingest import read_documents
 from docqa.stages.synthesize import read_qa
-from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, write_json_atomic
+from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
 ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
-
-
-class EvalOutput(StageOutput):
-    perplexity: dict[str, float]
-    rouge: dict[str, dict[str, float]]
-    eval_documents: int
-    eval_tokens: int
-    eval_questions: int
-    seconds: float
-
-
-class Generation(BaseModel):
-    question: str
-    reference: str
-    base_answer: str
-    tuned_answer: str
-    doc_title: str
-    chunk_id: str
 
 
 def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
@@ -180,13 +161,8 @@ def _publish(
     digest = json_digest({"metrics": metrics, "generations": [g.model_dump() for g in generations]})
     tmp = new_tmp_dir(out_root)
     write_json_atomic(tmp / "metrics.json", metrics)
-    with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
+    with open(tmp / GENERATIONS_FILE, "w", encoding="utf-8") as handle:
         for generation in generations:
             handle.write(json.dumps(generation.model_dump(), ensure_ascii=False) + "\n")
     final = publish_dir(tmp, out_root / digest[:16])
     return EvalOutput(path=str(final), digest=digest, seconds=seconds, **metrics)
-
-
-def read_generations(eval_path: Path) -> list[Generation]:
-    lines = (Path(eval_path) / "generations.jsonl").read_text(encoding="utf-8").splitlines()
-    return [Generation.model_validate_json(line) for line in lines if line]

@@ -9,12 +9,12 @@ from datasets import Dataset
 from peft import get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from docqa.modeling import BaseModelRef, count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
-    TrainOutput,
     final_eval_loss,
     publish_adapter,
     run_training,

@@ -14,13 +14,13 @@ from datasets import Dataset
 from peft import PeftModel
 from trl import SFTConfig, SFTTrainer
 
-from docqa.modeling import BaseModelRef, count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.prompting import sft_example
 from docqa.settings import ModelSettings, SFTSettings
 from docqa.stages.synthesize import read_qa
 from docqa.training import (
     StepLogger,
-    TrainOutput,
     final_eval_loss,
     publish_adapter,
     run_training,

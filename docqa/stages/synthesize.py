@@ -22,10 +22,10 @@ import datasets
 import pandas as pd
 
 from docqa.hashing import json_digest, rows_digest
+from docqa.outputs import SynthesizeOutput, qa_file
 from docqa.settings import SynthesizeSettings
 from docqa.synthesis.base import Backend, ChunkRequest, ChunkResult, QAPair, make_backend
 from docqa.workspace import (
-    StageOutput,
     new_tmp_dir,
     publish_dir,
     read_json,
@@ -59,24 +59,6 @@ class SynthesisError(RuntimeError):
     """Synthesis produced nothing usable; the message says what to check or change."""
 
 
-class SynthesizeOutput(StageOutput):
-    qa_train: int
-    qa_eval: int
-    chunks: int
-    chunks_ok: int  # a reply came and was read (its pairs may all have been rejected)
-    chunks_unparsed: int  # a reply came, no pair could be read from it
-    chunks_failed: int  # no reply (HTTP error, timeout, refused connection); retried next run
-    chunks_without_pairs: int  # chunks with no accepted pair, whatever their status
-    requests: int  # backend generations made in this call (0 when every chunk came from the store)
-    reused: int  # chunks whose result came from the store
-    pairs_raw: int
-    pairs_rejected: int
-
-    @property
-    def complete(self) -> bool:
-        return self.chunks_failed == 0
-
-
 def synthesize_qa(
     chunks_path: Path,
     out_root: Path,
@@ -100,7 +82,7 @@ def read_qa(path: Path, split: str) -> datasets.Dataset:
     """``qa_train`` or ``qa_eval`` of a published synthesis folder."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    frame = pd.read_parquet(Path(path) / f"qa_{split}.parquet")
+    frame = pd.read_parquet(qa_file(path, split))
     return datasets.Dataset.from_pandas(frame, features=QA_FEATURES, preserve_index=False)
 
 
@@ -372,7 +354,7 @@ def publish(
     for split in SPLITS:
         split_rows = [row for row in rows if row["split"] == split]
         dataset = datasets.Dataset.from_list(split_rows, features=QA_FEATURES)
-        dataset.to_parquet(str(tmp / f"qa_{split}.parquet"))
+        dataset.to_parquet(str(qa_file(tmp, split)))
     replies = "".join(json.dumps(_reply_record(key, r), ensure_ascii=False) + "\n" for r in results.values())
     write_text_atomic(tmp / "raw_replies.jsonl", replies)
     write_json_atomic(tmp / "summary.json", {"digest": digest, **summary})

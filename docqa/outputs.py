@@ -1,0 +1,161 @@
+"""What stages hand each other, and readers of their published folders.
+
+Kept free of heavy imports (torch, transformers, datasets) on purpose: a fully cached run only reads
+these, and should not pay seconds of imports for libraries it never calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from docqa.hashing import json_digest, tree_digest
+from docqa.workspace import StageOutput, read_json
+
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
+CHUNKS_FILE = "chunks.parquet"
+CHUNK_DOCUMENTS_FILE = "documents.json"
+ADAPTER_DIR = "adapter"
+LOG_HISTORY_FILE = "log_history.json"
+GENERATIONS_FILE = "generations.jsonl"
+
+
+# --- the base model ---------------------------------------------------------------------------------
+
+
+class BaseModelRef(BaseModel):
+    """Where the base model is and what it holds (digests feed the cache keys)."""
+
+    path: str  # local folder, or a hub id
+    digest: str  # weights + config + tokenizer
+    tokenizer_digest: str
+    source: str  # "bootstrap" | "local" | "hub"
+
+
+def cache_root() -> Path:
+    """Where built artefacts shared across workspaces live (the bootstrap base)."""
+    return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
+
+
+def describe_base(path_or_id: str, revision: str | None = None, source: str | None = None) -> BaseModelRef:
+    """Fingerprint a local folder by content; a hub id by its name and revision."""
+    folder = Path(path_or_id)
+    if folder.is_dir():
+        return BaseModelRef(
+            path=str(folder.resolve()),
+            digest=tree_digest(folder),
+            tokenizer_digest=tree_digest(folder, TOKENIZER_FILES),
+            source=source or "local",
+        )
+    identity = json_digest({"hub": path_or_id, "revision": revision})
+    return BaseModelRef(path=path_or_id, digest=identity, tokenizer_digest=identity, source="hub")
+
+
+# --- chunk ------------------------------------------------------------------------------------------
+
+
+class ChunkOutput(StageOutput):
+    documents: int  # documents that were chunked (ok and not duplicates)
+    chunks: int
+    train_chunks: int
+    eval_chunks: int
+    train_documents: int
+    eval_documents: int
+    duplicate_documents: int
+    duplicate_chunks: int
+    short_chunks_dropped: int
+    chunked: int  # documents chunked in this call
+    reused: int  # documents taken from the per-document store
+
+
+def chunks_file(chunk_path: Path) -> Path:
+    return Path(chunk_path) / CHUNKS_FILE
+
+
+def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
+    """Per document id: its path, split and number of chunks kept."""
+    return read_json(Path(chunk_path) / CHUNK_DOCUMENTS_FILE)
+
+
+# --- synthesize -------------------------------------------------------------------------------------
+
+
+class SynthesizeOutput(StageOutput):
+    qa_train: int
+    qa_eval: int
+    chunks: int
+    chunks_ok: int  # a reply came and was read (its pairs may all have been rejected)
+    chunks_unparsed: int  # a reply came, no pair could be read from it
+    chunks_failed: int  # no reply (HTTP error, timeout, refused connection); retried next run
+    chunks_without_pairs: int  # chunks with no accepted pair, whatever their status
+    requests: int  # backend generations made in this call (0 when every chunk came from the store)
+    reused: int  # chunks whose result came from the store
+    pairs_raw: int
+    pairs_rejected: int
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks_failed == 0
+
+
+def qa_file(qa_path: Path, split: str) -> Path:
+    return Path(qa_path) / f"qa_{split}.parquet"
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+class TrainOutput(StageOutput):
+    adapter_path: str
+    trainable_parameters: int
+    steps: int
+    train_tokens: int
+    train_loss: float
+    eval_loss: float | None
+    seconds: float
+
+    @classmethod
+    def from_metrics(cls, folder: Path, digest: str, metrics: dict[str, Any]) -> TrainOutput:
+        fields = {k: metrics[k] for k in cls.model_fields if k in metrics}
+        return cls(path=str(folder), digest=digest, adapter_path=str(folder / ADAPTER_DIR), **fields)
+
+
+def read_log_history(stage_path: Path) -> list[dict]:
+    return json.loads((Path(stage_path) / LOG_HISTORY_FILE).read_text())
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+class EvalOutput(StageOutput):
+    perplexity: dict[str, float]
+    rouge: dict[str, dict[str, float]]
+    eval_documents: int
+    eval_tokens: int
+    eval_questions: int
+    seconds: float
+
+
+class Generation(BaseModel):
+    question: str
+    reference: str
+    base_answer: str
+    tuned_answer: str
+    doc_title: str
+    chunk_id: str
+
+
+def read_generations(eval_path: Path) -> list[Generation]:
+    lines = (Path(eval_path) / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines()
+    return [Generation.model_validate_json(line) for line in lines if line]
