@@ -30,8 +30,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from docqa.hashing import json_digest, sha256_file
-from docqa.outputs import cache_root
+from docqa.outputs import bootstrap_dir
 from docqa.settings import BootstrapSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
@@ -164,11 +163,6 @@ def block_perplexity(model: LlamaForCausalLM, stream: torch.Tensor, block_size: 
         raise ValueError("held-out general text is shorter than one block")
     losses = [model(input_ids=b.unsqueeze(0), labels=b.unsqueeze(0)).loss.item() for b in blocks]
     return math.exp(sum(losses) / len(losses))
-
-
-def bootstrap_dir(settings: BootstrapSettings) -> Path:
-    key = json_digest({"settings": settings, "code": sha256_file(Path(__file__))})[:16]
-    return cache_root() / "bases" / f"tiny-llama-{key}"
 
 
 def ensure_bootstrap_base(settings: BootstrapSettings) -> tuple[Path, bool]:

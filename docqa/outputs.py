@@ -6,6 +6,7 @@ these, and should not pay seconds of imports for libraries it never calls.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from docqa.hashing import json_digest, tree_digest
+from docqa.hashing import json_digest, sha256_file, tree_digest
+from docqa.settings import BootstrapSettings
 from docqa.workspace import StageOutput, read_json
 
 TOKENIZER_FILES = (
@@ -60,6 +62,14 @@ def describe_base(path_or_id: str, revision: str | None = None, source: str | No
         )
     identity = json_digest({"hub": path_or_id, "revision": revision})
     return BaseModelRef(path=path_or_id, digest=identity, tokenizer_digest=identity, source="hub")
+
+
+def bootstrap_dir(settings: BootstrapSettings) -> Path:
+    """Where the bootstrap base for these settings lives, keyed by them and by the builder's source
+    (read as a file, so that finding a built base imports no torch)."""
+    builder = Path(importlib.util.find_spec("docqa.bootstrap").origin)
+    key = json_digest({"settings": settings, "code": sha256_file(builder)})[:16]
+    return cache_root() / "bases" / f"tiny-llama-{key}"
 
 
 # --- chunk ------------------------------------------------------------------------------------------

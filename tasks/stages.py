@@ -13,7 +13,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from docqa.hashing import FileFingerprint
-from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput, describe_base
+from docqa.outputs import (
+    BaseModelRef,
+    ChunkOutput,
+    EvalOutput,
+    SynthesizeOutput,
+    TrainOutput,
+    bootstrap_dir,
+    describe_base,
+)
 from docqa.settings import (
     ChunkSettings,
     EvaluateSettings,
@@ -35,10 +43,11 @@ def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
     """Resolve the base model: the configured folder or hub id, or the bootstrap base (built if missing)."""
     if settings.base:
         return describe_base(settings.base, settings.revision), False
-    from docqa.bootstrap import bootstrap_dir, ensure_bootstrap_base
+    folder = bootstrap_dir(settings.bootstrap)
+    if (folder / "config.json").is_file():
+        return describe_base(str(folder), source="bootstrap"), False
+    from docqa.bootstrap import ensure_bootstrap_base
 
-    if (bootstrap_dir(settings.bootstrap) / "config.json").is_file():
-        return describe_base(str(bootstrap_dir(settings.bootstrap)), source="bootstrap"), False
     folder, built = ensure_bootstrap_base(settings.bootstrap)
     return describe_base(str(folder), source="bootstrap"), built
 

@@ -67,3 +67,65 @@ def tiny_base(docqa_cache):
 
     folder, _ = ensure_bootstrap_base(TINY_BOOTSTRAP)
     return describe_base(str(folder), source="bootstrap")
+
+
+TOPIC_DOCUMENTS = {
+    "statements.txt": ("for", "while", "if", "try", "with", "return", "raise", "break"),
+    "expressions.txt": ("lambda", "comparisons", "booleans", "calls", "slicings"),
+    "functions.txt": ("function", "class", "yield", "global", "nonlocal"),
+    "names.txt": ("naming", "import", "assert", "del", "pass", "continue"),
+}
+
+
+def write_topic_documents(folder: Path) -> Path:
+    """A small real corpus: Language Reference topics grouped into four text documents."""
+    from pydoc_data.topics import topics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, keys in TOPIC_DOCUMENTS.items():
+        (folder / name).write_text("\n\n".join(topics[k] for k in keys), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, tiny_base):
+    """Ingest, chunk and synthesise the small corpus once: what the training and evaluation tests consume."""
+    from docqa.modeling import load_tokenizer
+    from docqa.outputs import chunks_file
+    from docqa.stages.chunk import chunk_documents
+    from docqa.stages.ingest import ingest_documents, list_documents
+    from docqa.stages.synthesize import synthesize_qa
+
+    recipe = tiny_recipe(split={"eval_documents": ["names.txt"], "eval_fraction": 0.01})
+    workspace = tmp_path_factory.mktemp("prepared")
+    docs = write_topic_documents(workspace / "docs")
+    ingested = ingest_documents(
+        list_documents(docs, recipe.ingest), workspace / "ingest", workspace / "ingest" / "store", recipe.ingest
+    )
+    chunks = chunk_documents(
+        Path(ingested.path), load_tokenizer(tiny_base.path), tiny_base.tokenizer_digest, workspace / "chunk",
+        workspace / "chunk" / "store", recipe.chunk, recipe.split,
+    )  # fmt: skip
+    qa = synthesize_qa(
+        chunks_file(Path(chunks.path)), workspace / "synthesize", workspace / "synthesize" / "store", recipe.synthesize
+    )
+    return {"recipe": recipe, "workspace": workspace, "ingest": ingested, "chunks": chunks, "qa": qa}
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tiny_base):
+    """Both adapters, trained once on the small corpus."""
+    from docqa.stages.pretrain import pretrain
+    from docqa.stages.sft import sft
+
+    recipe, workspace = prepared["recipe"], prepared["workspace"]
+    logged: list[tuple[int, dict]] = []
+    pretrained = pretrain(
+        Path(prepared["chunks"].path), tiny_base, recipe.model, recipe.pretrain, workspace / "pretrain",
+        on_log=lambda values, step: logged.append((step, values)),
+    )  # fmt: skip
+    tuned = sft(
+        Path(prepared["qa"].path), Path(pretrained.adapter_path), tiny_base, recipe.model, recipe.sft,
+        workspace / "sft",
+    )  # fmt: skip
+    return {**prepared, "pretrained": pretrained, "tuned": tuned, "pretrain_log": logged}

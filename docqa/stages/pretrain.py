@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 from datasets import Dataset
-from peft import get_peft_model
-from transformers import Trainer, TrainingArguments, default_data_collator
+from peft import PeftModel, get_peft_model
+from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
 from docqa.outputs import BaseModelRef, TrainOutput
@@ -36,6 +36,15 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
 
+def pretrain_model(
+    base: BaseModelRef, model_settings: ModelSettings, settings: PretrainSettings
+) -> PeftModel:
+    """The (4-bit) base, frozen, with a fresh trainable ``pretrain`` LoRA adapter (seeded init)."""
+    set_seed(settings.seed)
+    model = load_base_model(base, model_settings, for_training=True)
+    return get_peft_model(model, lora_config(settings.lora), adapter_name=ADAPTER_NAME)
+
+
 def pretrain(
     chunks_path: Path,
     base: BaseModelRef,
@@ -57,8 +66,7 @@ def pretrain(
     eval_blocks = pack_blocks(list(read_chunks(chunks_path, "eval")["text"]), tokenizer, settings.block_size)
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
 
-    model = load_base_model(base, model_settings, for_training=True)
-    model = get_peft_model(model, lora_config(settings.lora), adapter_name=ADAPTER_NAME)
+    model = pretrain_model(base, model_settings, settings)
     with scratch_dir(out_root) as work_dir:
         trainer = Trainer(
             model=model,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import PeftModel
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
@@ -48,6 +49,34 @@ def stack_trainable_adapter(model, pretrain_adapter: Path, settings: SFTSettings
     return model
 
 
+def sft_model(
+    base: BaseModelRef, pretrain_adapter: Path, model_settings: ModelSettings, settings: SFTSettings
+) -> PeftModel:
+    set_seed(settings.seed)
+    model = load_base_model(base, model_settings, for_training=True)
+    return stack_trainable_adapter(model, pretrain_adapter, settings)
+
+
+def sft_trainer(
+    model: PeftModel,
+    tokenizer,
+    train: Dataset,
+    evaluation: Dataset | None,
+    settings: SFTSettings,
+    work_dir: Path,
+) -> SFTTrainer:
+    """TRL's trainer on prompt-completion examples: only completion (answer) tokens carry loss."""
+    config = SFTConfig(
+        **trainer_arguments(settings, work_dir, has_eval=evaluation is not None),
+        max_length=settings.max_seq_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+    return SFTTrainer(
+        model=model, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+    )
+
+
 def sft(
     qa_path: Path,
     pretrain_adapter: Path,
@@ -63,18 +92,9 @@ def sft(
     eval_rows = eval_qa.select(range(min(len(eval_qa), settings.max_eval_samples)))
     evaluation = sft_dataset(eval_rows, tokenizer, model_settings) if len(eval_rows) else None
 
-    model = load_base_model(base, model_settings, for_training=True)
-    model = stack_trainable_adapter(model, pretrain_adapter, settings)
+    model = sft_model(base, pretrain_adapter, model_settings, settings)
     with scratch_dir(out_root) as work_dir:
-        config = SFTConfig(
-            **trainer_arguments(settings, work_dir, has_eval=evaluation is not None),
-            max_length=settings.max_seq_length,
-            completion_only_loss=True,
-            packing=False,
-        )
-        trainer = SFTTrainer(
-            model=model, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
-        )
+        trainer = sft_trainer(model, tokenizer, train, evaluation, settings, work_dir)
         history, train_loss, seconds = run_training(trainer, on_log)
     metrics = {
         "trainable_parameters": count_trainable(model),
