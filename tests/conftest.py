@@ -100,14 +100,20 @@ def prepared(tmp_path_factory, tiny_base):
     workspace = tmp_path_factory.mktemp("prepared")
     docs = write_topic_documents(workspace / "docs")
     ingested = ingest_documents(
-        list_documents(docs, recipe.ingest), workspace / "ingest", workspace / "ingest" / "store", recipe.ingest
+        list_documents(docs, recipe.ingest),
+        workspace / "ingest",
+        workspace / "ingest" / "store",
+        recipe.ingest,
     )
     chunks = chunk_documents(
         Path(ingested.path), load_tokenizer(tiny_base.path), tiny_base.tokenizer_digest, workspace / "chunk",
         workspace / "chunk" / "store", recipe.chunk, recipe.split,
     )  # fmt: skip
     qa = synthesize_qa(
-        chunks_file(Path(chunks.path)), workspace / "synthesize", workspace / "synthesize" / "store", recipe.synthesize
+        chunks_file(Path(chunks.path)),
+        workspace / "synthesize",
+        workspace / "synthesize" / "store",
+        recipe.synthesize,
     )
     return {"recipe": recipe, "workspace": workspace, "ingest": ingested, "chunks": chunks, "qa": qa}
 

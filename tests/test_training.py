@@ -73,18 +73,26 @@ def test_sft_labels_cover_the_answer_only(prepared, tiny_base, tmp_path):
     recipe = prepared["recipe"]
     tokenizer = load_tokenizer(tiny_base.path)
     qa = read_qa(Path(prepared["qa"].path), "train").select(range(4))
-    model = sft_model(tiny_base, Path(_pretrain_adapter(prepared, tiny_base, tmp_path)), recipe.model, recipe.sft)
-    trainer = sft_trainer(model, tokenizer, sft_dataset(qa, tokenizer, recipe.model), None, recipe.sft, tmp_path)
+    model = sft_model(
+        tiny_base, Path(_pretrain_adapter(prepared, tiny_base, tmp_path)), recipe.model, recipe.sft
+    )
+    trainer = sft_trainer(
+        model, tokenizer, sft_dataset(qa, tokenizer, recipe.model), None, recipe.sft, tmp_path
+    )
     full_lengths = 0
     for row, example in zip(qa, trainer.train_dataset, strict=True):
-        labelled = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
+        labelled = [
+            t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100
+        ]
         answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         truncated = len(example["input_ids"]) == recipe.sft.max_seq_length
         full_lengths += not truncated
         # the loss starts exactly at the answer and covers it up to the turn's end (eos stops generation)
         assert labelled[: len(answer)] == (answer[: len(labelled)] if truncated else answer)
         question_ids = tokenizer(row["question"], add_special_tokens=False)["input_ids"]
-        masked = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100]
+        masked = [
+            t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100
+        ]
         assert len(masked) >= len(question_ids)  # the prompt carries no loss
     assert full_lengths, "at least one example must fit whole"
 
@@ -111,7 +119,10 @@ def test_sft_trains_its_adapter_on_top_of_a_frozen_pretrain_adapter(trained, tin
 
 def test_stacked_adapters_reload_with_identical_logits_and_differ_from_base(trained, tiny_base):
     recipe = trained["recipe"]
-    adapters = {"pretrain": Path(trained["pretrained"].adapter_path), "sft": Path(trained["tuned"].adapter_path)}
+    adapters = {
+        "pretrain": Path(trained["pretrained"].adapter_path),
+        "sft": Path(trained["tuned"].adapter_path),
+    }
     batch = torch.randint(0, 500, (1, 24))
     with torch.no_grad():
         first = load_adapted_model(tiny_base, recipe.model, adapters)
