@@ -94,6 +94,7 @@ class StageRecorder:
             "eval_docs": output.eval_documents,
             "duplicate_chunks": output.duplicate_chunks,
             "short_dropped": output.short_chunks_dropped,
+            "chunked_now": 0 if cached else output.chunked,
         }
         self.tracker.log_metrics(run_id, figures)
         frame = pd.read_parquet(chunks_file(Path(output.path)))
