@@ -57,10 +57,10 @@ def run(
     try:
         settings = load_recipe(recipe, overrides)
     except SettingsError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(2) from error
     if docs is not None and not docs.is_dir():
-        console.print(f"[red]--docs {docs} is not a folder[/red]")
+        console.print(f"[red]--docs {docs} is not a folder[/red]", soft_wrap=True)
         raise typer.Exit(2)
     workspace = workspace.resolve()
     configure_environment(workspace)
@@ -79,7 +79,7 @@ def run(
         report = _latest_report(workspace)
         if report:
             print_summary(report)
-        console.print(f"\n[bold red]docqa run failed:[/bold red] {error}")
+        console.print(f"\n[bold red]docqa run failed:[/bold red] {error}", soft_wrap=True)
         raise typer.Exit(1) from error
     report = _latest_report(workspace)
     print_summary(report)

@@ -60,6 +60,15 @@ def docqa_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the session (startup takes 10-20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_base(docqa_cache):
     """The tiny bootstrap base (a real tokenizer and Llama trained for a few steps), as a BaseModelRef."""
     from docqa.bootstrap import ensure_bootstrap_base

@@ -22,14 +22,6 @@ pytestmark = pytest.mark.slow
 RECIPE = tiny_recipe(split={"eval_documents": ["names.txt"], "eval_fraction": 0.01})
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def run_pipeline(docs: Path, workspace: Path, recipe: Recipe = RECIPE) -> dict:
     from flows.pipeline import docqa_pipeline
 
@@ -49,7 +41,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cold(harness, corpus, tmp_path_factory):
+def cold(prefect_harness, corpus, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("workspace")
     return run_pipeline(corpus, workspace), workspace
 
@@ -127,7 +119,7 @@ def test_prefect_holds_link_and_metrics_artifacts(cold):
     from prefect.client.orchestration import get_client
 
     report, _ = cold
-    # the server's REST filter, as the UI uses it (the 3.8 sync client's read_artifacts sends nulls it refuses)
+    # the REST filter the UI uses (prefect 3.8's sync read_artifacts sends nulls the server refuses)
     query = {"artifacts": {"flow_run_id": {"any_": [report["flow_run_id"]]}}, "limit": 50}
     with get_client(sync_client=True) as client:
         artifacts = client.request("POST", "/artifacts/filter", json=query).json()
@@ -177,7 +169,7 @@ def test_adding_a_document_processes_only_that_document(cold, corpus, tmp_path):
     assert {name: after[name] for name in before} == before  # nobody moved between train and eval
 
 
-def test_a_failing_stage_fails_the_run_with_its_reason(harness, corpus, tmp_path):
+def test_a_failing_stage_fails_the_run_with_its_reason(prefect_harness, corpus, tmp_path):
     from flows.pipeline import StageFailed
 
     no_held_out = tiny_recipe(split={"eval_fraction": 1e-9, "eval_documents": []})

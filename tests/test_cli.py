@@ -1,0 +1,61 @@
+"""The ``docqa`` command: clear errors and exit codes, the sample corpus, the recipe list."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import tiny_recipe, write_topic_documents
+from typer.testing import CliRunner
+
+from docqa.cli import app
+
+runner = CliRunner()
+
+
+def output_of(result) -> str:
+    return " ".join(result.output.split())  # independent of the terminal width rich wraps at
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    # the command sets Prefect/HF variables for its own process; keep them out of the other tests
+    for key in ("PREFECT_HOME", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(key, str(tmp_path / "prefect") if key == "PREFECT_HOME" else "1")
+
+
+def test_invalid_settings_exit_2_and_list_every_problem():
+    result = runner.invoke(app, ["run", "--set", "chunk.overlap_tokens=9999", "--set", "pretrain.bogus=1"])
+    assert result.exit_code == 2
+    assert "overlap_tokens must be smaller than chunk_tokens" in output_of(result)
+    assert "pretrain.bogus" in output_of(result)
+
+
+def test_missing_docs_folder_is_refused(tmp_path):
+    result = runner.invoke(app, ["run", "--docs", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "is not a folder" in output_of(result)
+
+
+@pytest.mark.slow
+def test_a_failing_stage_exits_1_naming_the_stage_and_why(prefect_harness, isolated_env, tmp_path):
+    docs = write_topic_documents(tmp_path / "docs")
+    recipe = tmp_path / "tiny.yaml"  # a recipe file, with the tiny test base (built once per session)
+    recipe.write_text(yaml.safe_dump(tiny_recipe().model_dump(mode="json")))
+    args = ["run", "--docs", str(docs), "--workspace", str(tmp_path / "ws"), "--recipe", str(recipe)]
+    args += ["--set", "split.eval_fraction=1e-9"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "stage chunk failed" in output_of(result) and "no eval document" in output_of(result)
+    assert (tmp_path / "ws" / "reports" / "latest.json").is_file()
+
+
+def test_sample_corpus_command_writes_the_pdfs(tmp_path):
+    result = runner.invoke(app, ["sample-corpus", str(tmp_path / "corpus")])
+    assert result.exit_code == 0
+    assert len(list((tmp_path / "corpus").glob("*.pdf"))) >= 5
+
+
+def test_recipes_command_lists_the_shipped_recipes():
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0
+    for name in ("tiny-cpu", "llama-2-7b-qlora", "llama-3-8b-qlora", "seed-reproduction"):
+        assert name in output_of(result)
