@@ -1,0 +1,35 @@
+# docqa — the common commands. `make run` and `make test` each set up .venv first (once).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DOCQA_ARGS ?=
+
+.PHONY: setup run test lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: setup  ## the whole pipeline on the bundled sample corpus (add DOCQA_ARGS="--docs DIR ...")
+	$(BIN)/docqa run $(DOCQA_ARGS)
+
+test: setup  ## lint, then the test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup  ## benchmarks; figures go to docs/benchmarks.md
+	$(BIN)/python bench/pipeline_cache.py
+
+clean:
+	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

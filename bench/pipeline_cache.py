@@ -1,0 +1,88 @@
+"""Content caching of the whole pipeline: wall time of `docqa run` cold, warm, and after one new document.
+
+Baseline: the cold run (empty workspace, bootstrap base already built), measured in the same session.
+Goal (issue 2): the warm run takes <= 25% of the cold run. Writes its table to docs/benchmarks.md.
+
+    python bench/pipeline_cache.py [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.report import write_section
+
+NEW_DOCUMENT_TOPICS = ("binary", "unary", "power", "shifting")
+
+
+def docqa_run(workspace: Path, docs: Path, overrides: list[str]) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "docqa.cli", "run", "--workspace", str(workspace), "--docs", str(docs)]
+    for override in overrides:
+        command += ["--set", override]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    return seconds, json.loads((workspace / "reports" / "latest.json").read_text())
+
+
+def main(overrides: list[str]) -> None:
+    from docqa.bootstrap import ensure_bootstrap_base
+    from docqa.sample_corpus import write_sample_corpus
+    from docqa.settings import load_recipe
+
+    started = time.perf_counter()
+    _, built = ensure_bootstrap_base(load_recipe(None, overrides).model.bootstrap)
+    base_seconds = time.perf_counter() - started
+    root = Path(tempfile.mkdtemp(prefix="docqa-bench-"))
+    docs = root / "docs"
+    write_sample_corpus(docs)
+    workspace = root / "workspace"
+    cold, cold_report = docqa_run(workspace, docs, overrides)
+    warm, warm_report = docqa_run(workspace, docs, overrides)
+    (docs / "extra-operators.txt").write_text("\n\n".join(topics[t] for t in NEW_DOCUMENT_TOPICS))
+    added, added_report = docqa_run(workspace, docs, overrides)
+    shutil.rmtree(root)
+
+    cached = sum(warm_report["stages"][s]["cached"] for s in warm_report["stages"])
+    new_doc = next(d for d in added_report["documents"] if d["path"].endswith("extra-operators.txt"))
+    requests = added_report["counts"]["synthesis_requests"]
+    rows = [
+        (
+            "cold: empty workspace (baseline)",
+            cold,
+            f"{cold_report['counts']['synthesis_requests']} synthesis requests",
+        ),
+        ("warm: same documents and recipe", warm, f"{cached}/6 stages cached, 0 requests"),
+        (
+            "one document added",
+            added,
+            f"{requests} requests; the new document has {new_doc['chunks']} chunks",
+        ),
+    ]
+    table = ["| run | wall s | ratio vs cold | notes |", "|---|---:|---:|---|"]
+    table += [f"| {name} | {seconds:.1f} | {seconds / cold:.2f} | {note} |" for name, seconds, note in rows]
+    body = (
+        "## Pipeline caching (`bench/pipeline_cache.py`)\n\n"
+        "`docqa run` on the sample corpus with the tiny-cpu recipe, as a subprocess (imports and Prefect's "
+        "ephemeral server start included). Baseline: the cold run in the same session. "
+        "Goal: warm <= 0.25x cold.\n\n"
+        + "\n".join(table)
+        + f"\n\nBootstrap base: {'built in' if built else 'already cached, checked in'} {base_seconds:.1f} s "
+        "(not part of the runs above; the quickstart's first run builds it once).\n\n"
+        f"Command: `python bench/pipeline_cache.py{''.join(' --set ' + o for o in overrides)}`"
+    )
+    write_section("pipeline_cache", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main([args[i + 1] for i, arg in enumerate(args) if arg == "--set"])
