@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from bitsandbytes.nn import Linear4bit
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
@@ -54,7 +55,22 @@ def load_base_model(base: BaseModelRef, settings: ModelSettings, for_training: b
     )
     if for_training and settings.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_weights_differentiable(model)
     return model
+
+
+def keep_4bit_weights_differentiable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference in a model being trained.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) converts a ``Linear4bit`` layer's weights to a packed
+    layout the first time it runs in eval mode without gradients (as the Trainer's periodic evaluation
+    does) and from then on multiplies through ``gemv_4bit``, which has no autograd kernel: training
+    after the first evaluation would get no gradient through the base layers. Training keeps the
+    differentiable layout; inference-only models keep the fast one.
+    """
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(settings: LoraSettings) -> LoraConfig:

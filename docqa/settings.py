@@ -264,7 +264,9 @@ class Recipe(_Settings):
     chunk: ChunkSettings = ChunkSettings()
     split: SplitSettings = SplitSettings()
     synthesize: SynthesizeSettings = SynthesizeSettings()
-    pretrain: PretrainSettings = PretrainSettings(learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))
+    pretrain: PretrainSettings = PretrainSettings(
+        learning_rate=3e-3, epochs=2.0, lora=LoraSettings(r=16, alpha=32)
+    )
     sft: SFTSettings = SFTSettings(learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))
     evaluate: EvaluateSettings = EvaluateSettings()
 

@@ -54,6 +54,28 @@ def test_qlora_step_changes_lora_weights_and_not_the_4bit_base(prepared, tiny_ba
     assert changed == trainable  # every LoRA weight moved, nothing else did (4-bit weights included)
 
 
+def test_an_evaluation_pass_does_not_change_the_gradients_of_later_training(prepared, tiny_base):
+    """bitsandbytes repacks 4-bit weights for CPU inference in eval mode and then multiplies through a
+    kernel without autograd; a model being trained must keep getting true gradients after evaluating."""
+    recipe = prepared["recipe"]
+    settings = recipe.pretrain.model_copy(
+        update={"lora": recipe.pretrain.lora.model_copy(update={"dropout": 0.0})}
+    )
+    evaluated, fresh = (pretrain_model(tiny_base, recipe.model, settings) for _ in range(2))
+    batch = torch.randint(0, 500, (2, 32))
+    evaluated.eval()
+    with torch.no_grad():
+        evaluated(input_ids=batch)  # what the Trainer's periodic evaluation does
+    grads = []
+    for model in (evaluated, fresh):
+        model.train()
+        model(input_ids=batch, labels=batch).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
 def test_pretrain_writes_the_adapter_and_logs_losses(trained):
     out = trained["pretrained"]
     assert out.steps == trained["recipe"].pretrain.max_steps
