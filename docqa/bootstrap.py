@@ -30,6 +30,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from docqa.modeling import token_stream
 from docqa.outputs import bootstrap_dir
 from docqa.settings import BootstrapSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
@@ -98,14 +99,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def token_stream(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
-    ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def build_model(settings: BootstrapSettings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -178,8 +171,9 @@ def ensure_bootstrap_base(settings: BootstrapSettings) -> tuple[Path, bool]:
     log.info(
         "bootstrapping a %.1fM-parameter base on %d docstrings", model.num_parameters() / 1e6, len(texts)
     )
-    losses = train_from_scratch(model, token_stream(tokenizer, train_texts), settings)
-    heldout_ppl = block_perplexity(model, token_stream(tokenizer, heldout_texts), settings.block_size)
+    losses = train_from_scratch(model, torch.tensor(token_stream(tokenizer, train_texts)), settings)
+    heldout = torch.tensor(token_stream(tokenizer, heldout_texts))
+    heldout_ppl = block_perplexity(model, heldout, settings.block_size)
     tmp = new_tmp_dir(final.parent)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

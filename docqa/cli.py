@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,20 +142,22 @@ def print_summary(report: dict[str, Any]) -> None:
 def print_ui_commands(report: dict[str, Any], workspace: Path) -> None:
     from docqa.tracking import tracking_uri, ui_command
 
-    console.print(f"\nreport: {workspace / 'reports' / (report['flow_run_name'] + '.json')}")
+    bin_dir = Path(sys.executable).parent  # the prefect and mlflow commands installed beside docqa
+    console.print(f"\nreport: {workspace / 'reports' / (report['flow_run_name'] + '.json')}", soft_wrap=True)
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        console.print(f"Prefect UI: {api.removesuffix('/api')}/runs/flow-run/{report['flow_run_id']}")
+        console.print(
+            f"Prefect UI:  {api.removesuffix('/api')}  (flow run {report['flow_run_name']})", soft_wrap=True
+        )
     else:
         console.print(
-            f"Prefect UI:  PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start   "
-            f"→ {PREFECT_UI_URL}/runs/flow-run/{report['flow_run_id']}"
+            f"Prefect UI:  PREFECT_HOME={os.environ['PREFECT_HOME']} {bin_dir / 'prefect'} server start"
+            f"   → {PREFECT_UI_URL}  (flow run {report['flow_run_name']})",
+            soft_wrap=True,
         )
     command = ui_command(tracking_uri(workspace))
-    if command:
-        console.print(f"MLflow UI:   {command}   → {report['links']['mlflow_run']}")
-    else:
-        console.print(f"MLflow UI:   {report['links']['mlflow_run']}")
+    mlflow_command = f"{bin_dir / 'mlflow'} {command.removeprefix('mlflow ')}   → " if command else ""
+    console.print(f"MLflow UI:   {mlflow_command}{report['links']['mlflow_run']}", soft_wrap=True)
 
 
 if __name__ == "__main__":

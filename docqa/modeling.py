@@ -100,5 +100,14 @@ def load_adapted_model(base: BaseModelRef, settings: ModelSettings, adapters: di
     return model
 
 
+def token_stream(tokenizer, texts: list[str]) -> list[int]:
+    """The texts' tokens end to end, each text followed by eos so that documents never run together."""
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -16,7 +16,7 @@ import evaluate as hf_evaluate
 import torch
 
 from docqa.hashing import json_digest
-from docqa.modeling import load_adapted_model, load_tokenizer
+from docqa.modeling import load_adapted_model, load_tokenizer, token_stream
 from docqa.outputs import GENERATIONS_FILE, BaseModelRef, EvalOutput, Generation, read_document_chunks
 from docqa.prompting import encode_prompts
 from docqa.settings import EvaluateSettings, ModelSettings
@@ -38,10 +38,7 @@ def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
 
 
 def token_ids(tokenizer, texts: list[str], limit: int | None) -> torch.Tensor:
-    ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
+    ids = token_stream(tokenizer, texts)
     return torch.tensor(ids[:limit] if limit else ids, dtype=torch.long)
 
 

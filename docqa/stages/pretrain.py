@@ -9,7 +9,7 @@ from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
@@ -27,10 +27,7 @@ ADAPTER_NAME = "pretrain"
 
 def pack_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
     """Concatenate the texts (eos between them) and cut into full blocks; the tail is dropped."""
-    ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
+    ids = token_stream(tokenizer, texts)
     n_blocks = len(ids) // block_size
     blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
