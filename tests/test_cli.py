@@ -35,13 +35,30 @@ def test_missing_docs_folder_is_refused(tmp_path):
     assert result.exit_code == 2 and "is not a folder" in output_of(result)
 
 
-@pytest.mark.slow
-def test_a_failing_stage_exits_1_naming_the_stage_and_why(prefect_harness, isolated_env, tmp_path):
+def tiny_run_args(tmp_path) -> list[str]:
     docs = write_topic_documents(tmp_path / "docs")
     recipe = tmp_path / "tiny.yaml"  # a recipe file, with the tiny test base (built once per session)
-    recipe.write_text(yaml.safe_dump(tiny_recipe().model_dump(mode="json")))
-    args = ["run", "--docs", str(docs), "--workspace", str(tmp_path / "ws"), "--recipe", str(recipe)]
-    args += ["--set", "split.eval_fraction=1e-9"]
+    recipe.write_text(
+        yaml.safe_dump(tiny_recipe(split={"eval_documents": ["names.txt"]}).model_dump(mode="json"))
+    )
+    return ["run", "--docs", str(docs), "--workspace", str(tmp_path / "ws"), "--recipe", str(recipe)]
+
+
+@pytest.mark.slow
+def test_a_run_prints_the_table_the_metrics_and_the_ui_commands(prefect_harness, isolated_env, tmp_path):
+    result = runner.invoke(app, tiny_run_args(tmp_path))
+    assert result.exit_code == 0, result.output
+    text = output_of(result)
+    for stage in ("ingest", "chunk", "synthesize", "pretrain", "sft", "evaluate"):
+        assert stage in text
+    assert "held-out perplexity: base" in text and "held-out ROUGE (sft)" in text
+    assert "prefect server start" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    assert (tmp_path / "ws" / "reports" / "latest.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_failing_stage_exits_1_naming_the_stage_and_why(prefect_harness, isolated_env, tmp_path):
+    args = [*tiny_run_args(tmp_path), "--set", "split.eval_documents=[]", "--set", "split.eval_fraction=1e-9"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "stage chunk failed" in output_of(result) and "no eval document" in output_of(result)
