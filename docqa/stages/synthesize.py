@@ -24,7 +24,7 @@ import pandas as pd
 from docqa.hashing import json_digest, rows_digest
 from docqa.outputs import SynthesizeOutput, qa_file
 from docqa.settings import SynthesizeSettings
-from docqa.synthesis.base import Backend, ChunkRequest, ChunkResult, QAPair, make_backend
+from docqa.synthesis import Backend, ChunkRequest, ChunkResult, QAPair, make_backend
 from docqa.workspace import (
     new_tmp_dir,
     publish_dir,

@@ -7,8 +7,6 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
-from docqa.settings import SynthesizeSettings
-
 
 class QAPair(BaseModel):
     question: str
@@ -56,16 +54,3 @@ class Backend(Protocol):
         match them to requests by ``chunk_id`` and must not rely on their order.
         """
         ...
-
-
-def make_backend(settings: SynthesizeSettings) -> Backend:
-    # Imported here because both backends import the records above.
-    if settings.backend == "extractive":
-        from docqa.synthesis.extractive import ExtractiveBackend
-
-        return ExtractiveBackend(settings)
-    if settings.backend == "openai":
-        from docqa.synthesis.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(settings)
-    raise ValueError(f"unknown synthesis backend {settings.backend!r}; expected 'extractive' or 'openai'")
