@@ -23,7 +23,6 @@ from docqa.outputs import (
     read_log_history,
 )
 from docqa.report import DocumentReport, RunReport
-from docqa.settings import Recipe, flatten
 from docqa.stages.ingest import IngestOutput, read_documents
 from docqa.tracking import Tracker, loss_figure
 
@@ -180,13 +179,12 @@ def evaluation_metrics(output: EvalOutput) -> dict[str, float]:
 def record_parent(
     tracker: Tracker,
     report: RunReport,
-    recipe: Recipe,
     pretrained: TrainOutput,
     tuned: TrainOutput,
     evaluation: EvalOutput,
     tokenizer_dir: Path | None,
 ) -> None:
-    """The parent run: every setting, the headline metrics, both adapters, the combined loss curves."""
+    """The parent run: the headline metrics, both adapters, the tokenizer, the combined loss curves."""
     run_id = report.mlflow_run_id
     tracker.log_metrics(run_id, evaluation_metrics(evaluation))
     tracker.log_metrics(run_id, {"trainable_parameters": tuned.trainable_parameters})
@@ -200,7 +198,3 @@ def record_parent(
         "sft": read_log_history(Path(tuned.path)),
     }
     tracker.log_figure(run_id, loss_figure(histories), "loss_curves.png")
-
-
-def log_recipe_params(tracker: Tracker, run_id: str, recipe: Recipe) -> None:
-    tracker.log_params(run_id, flatten(recipe))

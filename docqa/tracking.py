@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,10 +120,6 @@ class Tracker:
 
     def run_url(self, run_id: str) -> str:
         return f"{ui_url(self.uri)}/#/experiments/{self.experiment_id}/runs/{run_id}"
-
-    def download(self, run_id: str, artifact_path: str, dest: Path | None = None) -> Path:
-        dest = dest or Path(tempfile.mkdtemp(prefix="docqa-artifacts-"))
-        return Path(self.client.download_artifacts(run_id, artifact_path, str(dest)))
 
 
 def step_logger(uri: str, run_id: str):

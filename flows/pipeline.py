@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from docqa.hashing import fingerprint_files
 from docqa.outputs import EvalOutput, read_generations
-from docqa.records import StageRecorder, log_recipe_params, record_parent
+from docqa.records import StageRecorder, record_parent
 from docqa.report import RunReport
 from docqa.sample_corpus import write_sample_corpus
 from docqa.settings import (
@@ -75,7 +75,7 @@ class PipelineRun:
             },
         )
         self.report.links["mlflow_run"] = self.tracker.run_url(self.report.mlflow_run_id)
-        log_recipe_params(self.tracker, self.report.mlflow_run_id, recipe)
+        self.tracker.log_params(self.report.mlflow_run_id, flatten(recipe))
         self.recorder = StageRecorder(self.tracker, self.report)
         self.logger = get_run_logger()
 
@@ -246,7 +246,7 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         workspace=ws,
     )
     tokenizer_dir = Path(base.path) if base.source != "hub" else None
-    record_parent(run.tracker, run.report, recipe, pretrained, tuned, evaluation, tokenizer_dir)
+    record_parent(run.tracker, run.report, pretrained, tuned, evaluation, tokenizer_dir)
     _prefect_artifacts(run, evaluation, recipe.evaluate.sample_generations)
 
 
