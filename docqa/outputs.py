@@ -94,7 +94,7 @@ def chunks_file(chunk_path: Path) -> Path:
 
 
 def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
-    """Per document id: its path, split and number of chunks kept."""
+    """Per document id (content hash): its split and number of chunks kept."""
     return read_json(Path(chunk_path) / CHUNK_DOCUMENTS_FILE)
 
 

@@ -55,6 +55,11 @@ class StageOutput(BaseModel):
     digest: str
 
     @property
+    def cache_digest(self) -> str:
+        """What downstream cache keys use: the content digest (a stage may leave out file locations)."""
+        return self.digest
+
+    @property
     def complete(self) -> bool:
         """False when part of the work failed and must be retried by the next run, not served from cache."""
         return True

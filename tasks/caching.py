@@ -24,7 +24,9 @@ UNCACHED_PARAMETERS = {"mlflow_uri", "mlflow_run_id"}
 
 
 def _key_value(value: Any) -> Any:
-    if isinstance(value, StageOutput | BaseModelRef):
+    if isinstance(value, StageOutput):
+        return value.cache_digest
+    if isinstance(value, BaseModelRef):
         return value.digest
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

@@ -92,9 +92,8 @@ def test_identical_documents_and_chunks_are_counted_once(tmp_path, tiny_base):
     twins = [d for d in read_documents(Path(ingested.path)) if d.name in ("for.txt", "for-copy.txt")]
     original, duplicate = sorted(twins, key=lambda d: d.duplicate_of is not None)
     assert duplicate.duplicate_of == original.path and original.duplicate_of is None
-    per_doc = read_document_chunks(Path(out.path))
-    assert [info["path"] for info in per_doc.values()].count(original.path) == 1
-    assert duplicate.path not in [info["path"] for info in per_doc.values()]
+    assert original.doc_id == duplicate.doc_id  # same bytes, same content id
+    assert original.doc_id in read_document_chunks(Path(out.path))  # chunked once
     rows = read_chunks(Path(out.path)).to_list()
     assert len({r["chunk_id"] for r in rows}) == len(rows)
 
@@ -103,15 +102,24 @@ def test_split_is_by_document_and_stable_when_documents_are_added(tmp_path, tiny
     docs = tmp_path / "docs"
     write_topics(docs)
     _, first, _ = run_chunk(docs, tmp_path / "ws", tiny_base)
-    before = {info["path"]: info["split"] for info in read_document_chunks(Path(first.path)).values()}
+    before = {doc_id: info["split"] for doc_id, info in read_document_chunks(Path(first.path)).items()}
     assert set(before.values()) == {"train", "eval"}
     for row in read_chunks(Path(first.path)).to_list():  # one document, one side
-        assert row["split"] == before[row["doc_path"]]
+        assert row["split"] == before[row["doc_id"]]
     write_topics(docs, ("assert", "global", "import"))
     _, second, _ = run_chunk(docs, tmp_path / "ws", tiny_base)
-    after = {info["path"]: info["split"] for info in read_document_chunks(Path(second.path)).values()}
-    assert {path: after[path] for path in before} == before
+    after = {doc_id: info["split"] for doc_id, info in read_document_chunks(Path(second.path)).items()}
+    assert {doc_id: after[doc_id] for doc_id in before} == before
     assert second.chunked == 3 and second.reused == len(TOPICS)  # only the new documents were chunked
+
+
+def test_moving_the_documents_leaves_the_chunks_unchanged(tmp_path, tiny_base):
+    write_topics(tmp_path / "docs")
+    _, first, _ = run_chunk(tmp_path / "docs", tmp_path / "ws", tiny_base)
+    shutil.move(tmp_path / "docs", tmp_path / "moved")
+    ingested, second, _ = run_chunk(tmp_path / "moved", tmp_path / "ws", tiny_base)
+    assert second.digest == first.digest and second.path == first.path
+    assert all("/moved/" in d.path for d in read_documents(Path(ingested.path)))
 
 
 def test_eval_documents_globs_force_the_held_out_side(tmp_path, tiny_base):

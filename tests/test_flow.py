@@ -150,6 +150,20 @@ def test_changing_a_training_setting_retrains_but_reuses_the_data(cold, corpus):
     assert report["counts"]["synthesis_requests"] == 0
 
 
+def test_moving_the_documents_folder_trains_nothing(cold, corpus, tmp_path):
+    first, workspace = cold
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(corpus, moved)
+    report = run_pipeline(moved, workspace)
+    # the new paths are re-fingerprinted and reported, everything after ingest is served from cache
+    assert report["stages"]["ingest"]["cached"] is False
+    assert report["stages"]["ingest"]["figures"]["extracted_now"] == 0
+    assert all(report["stages"][s]["cached"] for s in ("chunk", "synthesize", "pretrain", "sft", "evaluate"))
+    assert all(d["path"].startswith(str(moved)) for d in report["documents"])
+    assert [d["chunks"] for d in report["documents"]] == [d["chunks"] for d in first["documents"]]
+    assert report["metrics"] == first["metrics"]
+
+
 def test_adding_a_document_processes_only_that_document(cold, corpus, tmp_path):
     first, workspace = cold
     docs = tmp_path / "docs"

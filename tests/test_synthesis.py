@@ -60,7 +60,6 @@ def topic_chunks(names: list[str], max_chars: int = 900) -> list[dict]:
                 {
                     "chunk_id": chunk_id,
                     "doc_id": hashlib.sha256(name.encode()).hexdigest()[:12],
-                    "doc_path": f"/docs/{name}.pdf",
                     "doc_title": f"Python reference: {name}",
                     "page_start": index + 1,
                     "page_end": index + 1,

@@ -1,5 +1,8 @@
 """Chunking sized in tokens of the model's tokenizer, the train/eval split by document, and dedup.
 
+The output holds content only (documents by their content id, never by path), so moving or renaming
+the documents' folder leaves its digest, and everything trained from it, unchanged.
+
 Each chunk keeps its document id, page span and a stable id derived from its content. Documents with
 identical bytes and chunks with identical text are counted once and reported as duplicates (the seed
 project trained on one book four times without noticing). Chunking is cached per document, so a new
@@ -140,7 +143,6 @@ def chunk_documents(
                 {
                     "chunk_id": chunk["chunk_id"],
                     "doc_id": doc.doc_id,
-                    "doc_path": doc.path,
                     "doc_title": doc.title,
                     "page_start": chunk["page_start"],
                     "page_end": chunk["page_end"],
@@ -150,7 +152,7 @@ def chunk_documents(
                     "split": doc_split,
                 }
             )
-        per_document[doc.doc_id] = {"path": doc.path, "split": doc_split, "chunks": kept}
+        per_document[doc.doc_id] = {"split": doc_split, "chunks": kept}
     _check_split(per_document, split)
     return _publish(rows, per_document, counts, out_root, chunked_documents=len(per_document))
 

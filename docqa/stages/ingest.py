@@ -30,6 +30,7 @@ from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, read_json, wr
 DOCUMENTS_FILE = "documents.jsonl"
 SUMMARY_FILE = "summary.json"
 DOC_ID_CHARS = 16
+LOCATION_FIELDS = {"path", "name", "duplicate_of"}  # where a file lies, not what it holds
 STORE_KEY_CHARS = 16
 OUTPUT_NAME_CHARS = 16
 BYTES_PER_MB = 2**20
@@ -125,6 +126,11 @@ class IngestOutput(StageOutput):
     pages: int  # pages of the ok documents, each duplicate counted once
     extracted: int  # documents extracted in this call
     reused: int  # documents taken from the per-document store
+    content_digest: str  # the records without where the files lie: what downstream caches key on
+
+    @property
+    def cache_digest(self) -> str:
+        return self.content_digest
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -447,6 +453,7 @@ def _publish(records: list[DocumentRecord], out_root: Path, extracted: int, reus
     """Write ``documents.jsonl`` and ``summary.json`` and publish the folder under the records' digest."""
     rows = [record.model_dump(mode="json") for record in records]
     digest = rows_digest(rows)
+    content_digest = rows_digest([{k: v for k, v in row.items() if k not in LOCATION_FIELDS} for row in rows])
     counts = summarize(records)
     failures = [{"path": r.path, "reason": r.reason} for r in records if r.status == "failed"]
     tmp = new_tmp_dir(out_root)
@@ -454,7 +461,14 @@ def _publish(records: list[DocumentRecord], out_root: Path, extracted: int, reus
     (tmp / DOCUMENTS_FILE).write_text(lines, encoding="utf-8")
     write_json_atomic(tmp / SUMMARY_FILE, {**counts, "failures": failures})
     final = publish_dir(tmp, out_root / digest[:OUTPUT_NAME_CHARS])
-    return IngestOutput(path=str(final), digest=digest, **counts, extracted=extracted, reused=reused)
+    return IngestOutput(
+        path=str(final),
+        digest=digest,
+        content_digest=content_digest,
+        **counts,
+        extracted=extracted,
+        reused=reused,
+    )
 
 
 def read_documents(path: Path) -> list[DocumentRecord]:
