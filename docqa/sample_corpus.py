@@ -25,6 +25,8 @@ from pydoc_data.topics import topics as PYDOC_TOPICS
 import matplotlib
 from fpdf import FPDF
 
+from docqa.workspace import new_tmp_dir, publish_dir
+
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 CREATION_DATE = datetime(2024, 1, 1, tzinfo=UTC)  # fixed, so the files are reproducible
 HEADER_PREFIX = "Python Language Reference"
@@ -229,6 +231,16 @@ def write_sample_corpus(out_dir: Path) -> list[Path]:
         path.write_bytes(render_document(theme.title, texts))
         paths.append(path)
     return paths
+
+
+def ensure_sample_corpus(out_dir: Path) -> Path:
+    """The sample corpus in ``out_dir``, written (atomically) only if the folder is not there yet, so
+    that a run on it does not rewrite eight PDFs every time."""
+    if not out_dir.is_dir():
+        tmp = new_tmp_dir(out_dir.parent)
+        write_sample_corpus(tmp)
+        publish_dir(tmp, out_dir)
+    return out_dir
 
 
 def group_topics(topics: dict[str, str]) -> list[tuple[Theme, list[str]]]:

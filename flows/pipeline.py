@@ -19,7 +19,7 @@ from docqa.hashing import fingerprint_files
 from docqa.outputs import EvalOutput, read_generations
 from docqa.records import StageRecorder, record_parent
 from docqa.report import RunReport
-from docqa.sample_corpus import write_sample_corpus
+from docqa.sample_corpus import ensure_sample_corpus
 from docqa.settings import (
     ChunkSettings,
     EvaluateSettings,
@@ -168,7 +168,7 @@ def docqa_pipeline(
         evaluate=evaluate,
     )
     root = Path(workspace).resolve()
-    docs_dir = Path(docs).resolve() if docs else _sample_corpus(root)
+    docs_dir = Path(docs).resolve() if docs else ensure_sample_corpus(root / "sample-corpus")
     run = PipelineRun(root, docs_dir, recipe)
     try:
         _run_stages(run, root, docs_dir, recipe)
@@ -177,12 +177,6 @@ def docqa_pipeline(
         raise
     run.complete()
     return run.report.model_dump(mode="json")
-
-
-def _sample_corpus(workspace: Path) -> Path:
-    folder = workspace / "sample-corpus"
-    write_sample_corpus(folder)
-    return folder
 
 
 def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) -> None:

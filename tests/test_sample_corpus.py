@@ -117,3 +117,14 @@ def test_wrapped_and_hyphenated_text_is_restored_by_ingest():
     assert all(len(line.text) <= 22 for line in lines)
     restored = clean_pages(["\n".join(line.text for line in lines)], IngestSettings())[0]
     assert " ".join(restored.split()) == text
+
+
+def test_ensure_sample_corpus_writes_once(tmp_path):
+    from docqa.sample_corpus import ensure_sample_corpus
+
+    folder = ensure_sample_corpus(tmp_path / "sample-corpus")
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pdf")}
+    assert len(stamps) >= 5
+    assert ensure_sample_corpus(folder) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pdf")} == stamps  # not rewritten
+    assert not list(tmp_path.glob(".tmp-*"))
