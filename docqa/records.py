@@ -23,7 +23,7 @@ from docqa.outputs import (
     read_log_history,
 )
 from docqa.report import DocumentReport, RunReport
-from docqa.stages.ingest import DOC_ID_CHARS, IngestOutput, read_documents
+from docqa.stages.ingest import IngestOutput, read_documents
 from docqa.tracking import Tracker, loss_figure
 
 
@@ -42,6 +42,7 @@ class StageRecorder:
         self.report.documents = [
             DocumentReport(
                 path=d.path,
+                doc_id=d.doc_id,
                 sha256=d.sha256,
                 status=d.status,
                 reason=d.reason,
@@ -78,7 +79,7 @@ class StageRecorder:
     def _chunk(self, run_id: str, output: ChunkOutput, cached: bool) -> dict[str, Any]:
         per_document = read_document_chunks(Path(output.path))
         for document in self.report.documents:
-            info = per_document.get(document.sha256[:DOC_ID_CHARS])
+            info = per_document.get(document.doc_id)
             if info is not None and document.duplicate_of is None:  # a duplicate's chunks count once
                 document.chunks, document.split = info["chunks"], info["split"]
         self.report.counts.update(

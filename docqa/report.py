@@ -28,6 +28,7 @@ class StageReport(BaseModel):
 
 class DocumentReport(BaseModel):
     path: str
+    doc_id: str  # content id: what chunks and Q&A rows name the document by
     sha256: str
     status: Literal["ok", "failed"]
     reason: str | None

@@ -66,6 +66,7 @@ def test_report_contract(cold):
     assert documents["inspection-report.pdf"]["pages"] == 4
     ok = [d for d in report["documents"] if d["status"] == "ok"]
     assert all(d["chunks"] > 0 and len(d["sha256"]) == 64 for d in ok)
+    assert all(d["sha256"].startswith(d["doc_id"]) for d in report["documents"])  # the id chunks name
     counts = report["counts"]
     assert (counts["documents_ok"], counts["documents_failed"]) == (5, 2)
     assert counts["chunks"] == sum(d["chunks"] for d in ok)  # every chunk is accounted to a document
