@@ -7,6 +7,7 @@ the first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,24 +155,66 @@ class SplitSettings(_Settings):
 
 
 class SynthesizeSettings(_Settings):
-    """Question–answer synthesis from chunks."""
+    """Question–answer synthesis from chunks: the backend, the reply checks and the held-out hygiene."""
 
-    backend: Literal["extractive", "openai"] = Field(
+    # --- backend ---------------------------------------------------------------------------------
+    backend: Literal["extractive", "openai", "transformers"] = Field(
         "extractive",
-        description="extractive: offline rule-based bootstrap (no LLM); openai: any OpenAI-compatible server",
+        description="extractive: offline rule-based bootstrap (no LLM); openai: any OpenAI-compatible "
+        "server (vLLM, TGI, llama.cpp, Ollama, transformers serve, hosted APIs); transformers: a local "
+        "model folder or hub id, generated in-process",
     )
     base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
+        None, description="openai: the server's OpenAI-compatible root, e.g. http://localhost:8000/v1"
     )
-    model: str | None = Field(None, description="model name sent to the server")
-    pairs_per_chunk: int = Field(4, ge=1, le=50)
-    language: str = "English"
+    model: str | None = Field(
+        None, description="openai: the model name the server knows; transformers: a model folder or hub id"
+    )
+    pairs_per_chunk: int = Field(4, ge=1, le=50, description="target number of Q&A pairs per chunk")
+    language: str = Field("en", description="ISO 639-1 code of the language pairs must be written in")
     max_answer_words: int = Field(60, ge=5)
     temperature: float = Field(0.2, ge=0, le=2)
     max_tokens: int = Field(1024, ge=16, description="reply length limit per request")
-    request_timeout_s: float = Field(120, gt=0)
+    request_timeout_s: float = Field(120, gt=0, description="openai: per-request timeout")
+    concurrency: int = Field(8, ge=1, le=256, description="openai: requests in flight at once")
+    max_attempts: int = Field(4, ge=1, le=20, description="openai: tries per request (429, 5xx, timeouts)")
+    retry_initial_wait_s: float = Field(1.0, ge=0, description="openai: first backoff, doubled per retry")
+    retry_max_wait_s: float = Field(60.0, ge=0, description="openai: cap on one backoff or Retry-After")
+    batch_size: int = Field(8, ge=1, description="transformers: chunks generated together")
+    # --- quality filters (each rejection counted by reason) --------------------------------------
     min_question_chars: int = Field(12, ge=1)
     min_answer_chars: int = Field(3, ge=1)
+    max_question_words: int = Field(60, ge=3)
+    min_answer_overlap: float = Field(
+        0.5, ge=0, le=1, description="share of the answer's content words that must occur in the chunk"
+    )
+    min_answer_similarity: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="MiniLM cosine similarity of question + answer with the chunk's best window, at least",
+    )
+    max_repetition: float = Field(
+        0.5, ge=0, le=1, description="largest share of repeated word 3-grams in a question or answer"
+    )
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard above which two questions are one question"
+    )
+    chunk_near_duplicate_threshold: float = Field(
+        0.9, gt=0, le=1, description="MinHash Jaccard above which a chunk is not sent (its twin is)"
+    )
+    check_language: bool = Field(True, description="reject pairs not written in `language` (lingua)")
+    judge: bool = Field(False, description="score each pair with the same LLM (1-5) and keep the good ones")
+    judge_min_score: int = Field(4, ge=1, le=5)
+    # --- held-out hygiene and review --------------------------------------------------------------
+    decontamination_ngram: int = Field(
+        8, ge=3, description="eval pairs sharing a word n-gram this long with training text are removed"
+    )
+    review: bool = Field(
+        False, description="pause the flow after synthesis until a person approves the dataset in the UI"
+    )
+    review_sample: int = Field(20, ge=1, description="pairs shown to the reviewer")
+    review_timeout_s: int = Field(86_400, ge=10, description="how long the paused run waits for a verdict")
 
     def _problems(self) -> list[str]:
         problems = []
@@ -180,6 +223,20 @@ class SynthesizeSettings(_Settings):
                 problems.append("backend openai needs base_url (e.g. http://localhost:8000/v1)")
             if not self.model:
                 problems.append("backend openai needs model (the name the server knows)")
+        if self.backend == "transformers" and not self.model:
+            problems.append("backend transformers needs model (a local model folder or hub id)")
+        if self.judge and self.backend == "extractive":
+            problems.append("judge needs an LLM backend (openai or transformers), not extractive")
+        key = os.environ.get("DOCQA_LLM_API_KEY")
+        if key and any(key in str(value) for value in (self.base_url, self.model)):
+            problems.append(
+                "the API key must not be part of base_url or model (both are logged); "
+                "keep it in DOCQA_LLM_API_KEY only"
+            )
+        if self.retry_max_wait_s < self.retry_initial_wait_s:
+            problems.append("retry_max_wait_s must be at least retry_initial_wait_s")
+        if len(self.language) != 2 or not self.language.isalpha() or not self.language.islower():
+            problems.append(f"language must be an ISO 639-1 code such as 'en' or 'de', got {self.language!r}")
         return problems
 
 

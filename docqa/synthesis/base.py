@@ -1,4 +1,10 @@
-"""What every Q&A synthesis backend shares: the request and result records and the backend protocol."""
+"""What every Q&A synthesis backend shares: the request and result records and the two protocols.
+
+A :class:`Backend` turns chunks into Q&A results. The LLM backends are one :class:`Backend`
+(:class:`docqa.synthesis.llm.LLMBackend`: prompt, parse) over a :class:`ChatClient` that only sends chat
+messages and returns the replies: an OpenAI-compatible server or a local ``transformers`` model. The
+optional LLM judge reuses the same client.
+"""
 
 from __future__ import annotations
 
@@ -53,4 +59,38 @@ class Backend(Protocol):
         Results may come in any order (a concurrent backend yields them as they complete), so callers
         match them to requests by ``chunk_id`` and must not rely on their order.
         """
+        ...
+
+
+class ChatRequest(BaseModel):
+    """One chat-completions call; ``request_id`` matches the reply to it."""
+
+    request_id: str
+    messages: list[dict[str, str]]
+
+
+class ChatReply(BaseModel):
+    """What a chat client got for one request.
+
+    ``ok``: a reply came (``content`` may still be unreadable as Q&A); ``failed``: none came after
+    ``attempts`` tries (HTTP error, timeout, refused connection), ``reason`` says why. ``finish_reason``
+    is the server's (``length`` when the reply hit ``max_tokens``).
+    """
+
+    request_id: str
+    status: Literal["ok", "failed"]
+    content: str | None = None
+    finish_reason: str | None = None
+    reason: str | None = None
+    attempts: int
+    latency_s: float
+
+
+class ChatClient(Protocol):
+    def identity(self) -> dict[str, str]:
+        """``client`` and ``model``, plus anything else that shapes replies. Never a secret."""
+        ...
+
+    def complete(self, requests: list[ChatRequest]) -> Iterator[ChatReply]:
+        """Exactly one reply per request, yielded as each one is ready, in any order."""
         ...

@@ -34,7 +34,6 @@ from docqa.settings import SynthesizeSettings
 from docqa.synthesis.base import ChunkRequest, ChunkResult, QAPair
 
 RULES_VERSION = "extractive-v1"
-ENGLISH = {"english", "en"}
 NO_MATCH_REASON = "no statement matched the extraction rules"
 MAX_SUBJECT_WORDS = 8
 MIN_CONDITION_WORDS = 3
@@ -179,10 +178,10 @@ class ExtractiveBackend:
     """The offline default: rule-based questions over the chunk's own sentences (no model)."""
 
     def __init__(self, settings: SynthesizeSettings) -> None:
-        if settings.language.strip().lower() not in ENGLISH:
+        if settings.language != "en":
             raise ValueError(
                 f"the extractive backend writes English questions only, but synthesize.language is "
-                f"{settings.language!r}: set it to English, or use synthesize.backend=openai"
+                f"{settings.language!r}: set it to en, or use an LLM backend (openai or transformers)"
             )
         self.settings = settings
 
@@ -287,7 +286,7 @@ def prose_segments(text: str) -> list[tuple[str | None, str]]:
     current: list[str] = []
     term, term_indent = None, -1
     lines = text.splitlines()
-    for line, next_line in zip(lines, [*lines[1:], ""], strict=True):
+    for line, next_line in zip(lines, [*lines[1:], ""][: len(lines)], strict=True):
         signature = _SIGNATURE.match(line)
         if line.strip() and not signature and _indent(line) <= term_indent:
             term, term_indent = None, -1

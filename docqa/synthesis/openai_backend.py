@@ -1,143 +1,167 @@
-"""Q&A from any OpenAI-compatible chat-completions server (vLLM, llama.cpp, TGI, Ollama, OpenAI…).
+"""Chat completions from any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, transformers serve…).
 
-One POST to ``{base_url}/chat/completions`` per chunk, asking for a JSON list of pairs; the reply is
-read by :func:`docqa.synthesis.parsing.parse_reply`. A reply that cannot be read is kept and marked
-``unparsed``; a request that never got a reply (HTTP error, timeout, refused connection) is marked
-``failed`` after ``MAX_ATTEMPTS`` tries, with the status code and the start of the body as reason.
+Requests go out concurrently (at most ``synthesize.concurrency`` in flight) over one async ``httpx``
+client; each reply is handed back as soon as it arrives, so the caller can store it before the rest are
+done. Each request has a wall-clock limit (``request_timeout_s``, covering a server that trickles bytes)
+and is retried by ``tenacity`` on 429, 5xx, timeouts and refused connections, with exponential backoff
+and jitter, honouring ``Retry-After``, for at most ``max_attempts`` tries. A 4xx other than 408/409/425/
+429 is not retried: sending the same request again cannot help.
 
-The API key is read from ``DOCQA_LLM_API_KEY`` and sent as a bearer token; it never enters a result,
-a reason, the backend identity or an exception message (replies echoing it are redacted).
+The API key is read from ``DOCQA_LLM_API_KEY`` and sent as a bearer token. It never enters a reply, a
+reason, the client identity or an exception message: :func:`docqa.secrets.redact` removes it from every
+text that leaves this module (a misbehaving server may echo it).
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from email.utils import parsedate_to_datetime
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
 
+from docqa.secrets import api_key, redact
 from docqa.settings import SynthesizeSettings
-from docqa.synthesis.base import ChunkRequest, ChunkResult
-from docqa.synthesis.parsing import parse_reply
+from docqa.synthesis.base import ChatReply, ChatRequest
 
-PROMPT_VERSION = "qa-json-v1"
-API_KEY_ENV = "DOCQA_LLM_API_KEY"
-MAX_ATTEMPTS = 3
-RETRY_WAIT_S = 1.0  # doubled after each failed attempt
 BODY_EXCERPT_CHARS = 300
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-SYSTEM_PROMPT = (
-    "You write question-answer pairs that teach the content of technical documents. You reply with JSON only."
-)
-USER_PROMPT = """Document: {title}
-
-Passage:
-\"\"\"
-{text}
-\"\"\"
-
-Write exactly {n} question-answer pairs about this passage, in {language}.
-- Every question must be answerable solely from the passage.
-- Every question must be self-contained: name its subject explicitly, and never mention \
-"the passage", "the text", "the document" or "the author".
-- Every answer states the fact from the passage in at most {max_words} words.
-- Do not repeat a question.
-
-Reply with a JSON list only, no other text:
-[{{"question": "...", "answer": "..."}}]"""
 
 
 class RequestFailed(Exception):
     """A request that got no usable reply; ``retry`` says whether trying again may help."""
 
-    def __init__(self, reason: str, retry: bool) -> None:
+    def __init__(self, reason: str, retry: bool, retry_after_s: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
+        self.retry_after_s = retry_after_s
 
 
-def build_messages(request: ChunkRequest, settings: SynthesizeSettings) -> list[dict[str, str]]:
-    user = USER_PROMPT.format(
-        title=request.doc_title or "(untitled)",
-        text=request.text,
-        n=settings.pairs_per_chunk,
-        language=settings.language,
-        max_words=settings.max_answer_words,
-    )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+class Backoff:
+    """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one (both capped)."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.max_s = max_s
+        self.exponential = wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, RequestFailed) and failure.retry_after_s is not None:
+            return min(failure.retry_after_s, self.max_s)
+        return self.exponential(state)
 
 
-class OpenAIBackend:
-    """Synchronous, one request at a time; ``generate`` yields each result as soon as it is ready."""
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number of seconds or an HTTP date (RFC 9110); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
 
-    def __init__(
-        self,
-        settings: SynthesizeSettings,
-        retry_wait_s: float = RETRY_WAIT_S,
-        max_attempts: int = MAX_ATTEMPTS,
-    ) -> None:
+
+class OpenAIChatClient:
+    """Concurrent chat completions against ``{base_url}/chat/completions``."""
+
+    def __init__(self, settings: SynthesizeSettings) -> None:
         if not settings.base_url or not settings.model:
             raise ValueError("the openai synthesis backend needs synthesize.base_url and synthesize.model")
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
-        self.retry_wait_s = retry_wait_s
-        self.max_attempts = max_attempts
-        self._api_key = os.environ.get(API_KEY_ENV) or None
 
     def identity(self) -> dict[str, str]:
-        return {"backend": "openai", "model": str(self.settings.model), "prompt_version": PROMPT_VERSION}
+        return {"client": "openai", "model": str(self.settings.model)}
 
-    def generate(self, requests: list[ChunkRequest]) -> Iterator[ChunkResult]:
-        with httpx.Client(timeout=self.settings.request_timeout_s, headers=self._headers()) as client:
-            for request in requests:
-                yield self._generate_one(client, request)
+    def complete(self, requests: list[ChatRequest]) -> Iterator[ChatReply]:
+        """Replies as they arrive. The async work runs on its own event loop in a helper thread, so this
+        works the same from plain code, a Prefect task or a notebook that already runs a loop."""
+        if not requests:
+            return
+        replies: queue.Queue[ChatReply | BaseException | None] = queue.Queue()
+        runner = _LoopThread(lambda: self._complete_all(requests, replies.put), replies)
+        runner.start()
+        try:
+            for _ in requests:
+                item = replies.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    break
+                yield item
+        finally:
+            runner.stop()
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+    async def _complete_all(self, requests: list[ChatRequest], deliver: Callable[[ChatReply], None]) -> None:
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        limits = httpx.Limits(max_connections=self.settings.concurrency)
+        headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
+        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=None) as client:
 
-    def _payload(self, request: ChunkRequest) -> dict:
-        return {
-            "model": self.settings.model,
-            "messages": build_messages(request, self.settings),
-            "temperature": self.settings.temperature,
-            "max_tokens": self.settings.max_tokens,
-        }
+            async def one(request: ChatRequest) -> None:
+                async with slots:
+                    deliver(await self._complete_one(client, request))
 
-    def _generate_one(self, client: httpx.Client, request: ChunkRequest) -> ChunkResult:
+            await asyncio.gather(*(one(request) for request in requests))
+
+    async def _complete_one(self, client: httpx.AsyncClient, request: ChatRequest) -> ChatReply:
         started = time.perf_counter()
         attempts = 0
-        reason = "not attempted"
-        while attempts < self.max_attempts:
-            attempts += 1
-            try:
-                content, finish_reason = self._post(client, request)
-            except RequestFailed as failure:
-                reason = self._redact(failure.reason)
-                if not failure.retry or attempts == self.max_attempts:
-                    break
-                time.sleep(self.retry_wait_s * 2 ** (attempts - 1))
-                continue
-            return self._read_reply(request, content, finish_reason, attempts, time.perf_counter() - started)
-        return ChunkResult(
-            chunk_id=request.chunk_id,
-            status="failed",
-            pairs=[],
-            reason=f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})",
-            raw_reply=None,
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=Backoff(self.settings.retry_initial_wait_s, self.settings.retry_max_wait_s),
+            retry=retry_if_exception(lambda err: isinstance(err, RequestFailed) and err.retry),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    content, finish_reason = await self._post(client, request)
+        except RequestFailed as failure:
+            return ChatReply(
+                request_id=request.request_id,
+                status="failed",
+                reason=redact(f"{failure.reason} (after {attempts} attempt{'s' if attempts > 1 else ''})"),
+                attempts=attempts,
+                latency_s=time.perf_counter() - started,
+            )
+        return ChatReply(
+            request_id=request.request_id,
+            status="ok",
+            content=redact(content),
+            finish_reason=finish_reason,
             attempts=attempts,
             latency_s=time.perf_counter() - started,
         )
 
-    def _post(self, client: httpx.Client, request: ChunkRequest) -> tuple[str, str | None]:
+    def _payload(self, request: ChatRequest) -> dict:
+        return {
+            "model": self.settings.model,
+            "messages": request.messages,
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_tokens,
+        }
+
+    async def _post(self, client: httpx.AsyncClient, request: ChatRequest) -> tuple[str, str | None]:
         """The reply's text and finish reason, or :class:`RequestFailed`."""
+        limit = self.settings.request_timeout_s
         try:
-            response = client.post(self.url, json=self._payload(request))
-        except httpx.TimeoutException:
-            raise RequestFailed(
-                f"timeout after {self.settings.request_timeout_s:g}s from {self.url}", retry=True
-            ) from None
+            async with asyncio.timeout(limit):
+                response = await client.post(self.url, json=self._payload(request))
+        except TimeoutError:
+            raise RequestFailed(f"no reply within {limit:g}s from {self.url}", retry=True) from None
         except httpx.TransportError as err:
             raise RequestFailed(f"{type(err).__name__} connecting to {self.url}: {err}", retry=True) from None
         if response.status_code != 200:
@@ -145,28 +169,9 @@ class OpenAIBackend:
             raise RequestFailed(
                 f"HTTP {response.status_code} from {self.url}: {excerpt}",
                 retry=response.status_code in RETRY_STATUS,
+                retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
             )
         return _reply_content(response)
-
-    def _read_reply(
-        self, request: ChunkRequest, content: str, finish_reason: str | None, attempts: int, latency_s: float
-    ) -> ChunkResult:
-        content = self._redact(content)
-        pairs, reason = parse_reply(content)
-        if reason is not None and finish_reason == "length":
-            reason += f" (reply cut off at max_tokens={self.settings.max_tokens})"
-        return ChunkResult(
-            chunk_id=request.chunk_id,
-            status="ok" if pairs else "unparsed",
-            pairs=pairs,
-            reason=reason,
-            raw_reply=content,
-            attempts=attempts,
-            latency_s=latency_s,
-        )
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
 
 
 def _reply_content(response: httpx.Response) -> tuple[str, str | None]:
@@ -179,3 +184,36 @@ def _reply_content(response: httpx.Response) -> tuple[str, str | None]:
         excerpt = " ".join(response.text[:BODY_EXCERPT_CHARS].split())
         raise RequestFailed(f"not a chat-completions response: {excerpt}", retry=False) from None
     return content or "", choice.get("finish_reason")
+
+
+class _LoopThread:
+    """Runs one coroutine on a fresh event loop in a daemon thread; its error, or None when it ends, is
+    put on ``results`` after everything it delivered. ``stop()`` cancels it and waits for the thread."""
+
+    def __init__(self, make: Callable[[], Coroutine[None, None, None]], results: queue.Queue) -> None:
+        self._results = results
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(make())  # runs once the thread runs the loop
+        self._thread = threading.Thread(target=self._run, daemon=True, name="docqa-openai-client")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass  # stop() was called: the consumer no longer wants replies
+        except BaseException as err:  # handed to the consuming thread, which raises it
+            self._results.put(err)
+        finally:
+            self._results.put(None)
+            self._loop.close()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            # RuntimeError: the loop closed in between, so the coroutine has already ended.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join()
