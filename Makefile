@@ -30,6 +30,8 @@ format: setup
 
 bench: setup  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python bench/pipeline_cache.py
+	$(BIN)/python bench/parsing_recovery.py
+	$(BIN)/python bench/synthesis_concurrency.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

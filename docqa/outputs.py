@@ -102,21 +102,53 @@ def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
 
 
 class SynthesizeOutput(StageOutput):
+    """Counts of one synthesis; ``summary.json`` in ``path`` holds the rest (coverage, reasons)."""
+
+    qa_digest: str  # of the Q&A rows alone: what training depends on
     qa_train: int
     qa_eval: int
     chunks: int
-    chunks_ok: int  # a reply came and was read (its pairs may all have been rejected)
-    chunks_unparsed: int  # a reply came, no pair could be read from it
     chunks_failed: int  # no reply (HTTP error, timeout, refused connection); retried next run
-    chunks_without_pairs: int  # chunks with no accepted pair, whatever their status
+    chunks_near_duplicate: int  # not sent: a near-twin of an earlier chunk was
+    chunks_without_pairs: int  # chunks with no accepted pair, whatever their state
+    replies_unparsed: int  # a reply came, no pair could be read from it
     requests: int  # backend generations made in this call (0 when every chunk came from the store)
     reused: int  # chunks whose result came from the store
     pairs_raw: int
+    pairs_accepted: int
     pairs_rejected: int
+    rejected_by_reason: dict[str, int]
+    retries: int
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    judge_failed: int  # pairs whose judge request got no reply; retried next run
+    eval_pairs_checked: int
+    eval_pairs_removed: int
+
+    @property
+    def cache_digest(self) -> str:
+        return self.qa_digest
 
     @property
     def complete(self) -> bool:
-        return self.chunks_failed == 0
+        return self.chunks_failed == 0 and self.judge_failed == 0
+
+    def report_figures(self) -> dict:
+        """The run report's ``synthesis`` block."""
+        return self.model_dump(
+            include={
+                "chunks",
+                "chunks_failed",
+                "chunks_near_duplicate",
+                "replies_unparsed",
+                "pairs_raw",
+                "pairs_accepted",
+                "rejected_by_reason",
+                "retries",
+                "latency_p50_s",
+                "latency_p95_s",
+            }
+        )
 
 
 def qa_file(qa_path: Path, split: str) -> Path:

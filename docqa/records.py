@@ -26,6 +26,15 @@ from docqa.report import DocumentReport, RunReport
 from docqa.stages.ingest import IngestOutput, read_documents
 from docqa.tracking import Tracker, loss_figure
 
+SYNTHESIS_ARTIFACTS = (
+    "summary.json",
+    "raw_replies.jsonl",
+    "judge_replies.jsonl",
+    "chunk_accounting.jsonl",
+    "contamination.json",
+    "coverage.png",
+)
+
 
 class StageRecorder:
     """Records stage outputs into the report and MLflow for one pipeline run."""
@@ -109,23 +118,40 @@ class StageRecorder:
         self.report.counts.update(
             qa_train=output.qa_train, qa_eval=output.qa_eval, synthesis_requests=requests
         )
+        self.report.synthesis = output.report_figures()
+        self.report.outputs["synthesis"] = output.path
+        self.report.contamination = {
+            "eval_pairs_checked": output.eval_pairs_checked,
+            "eval_pairs_removed": output.eval_pairs_removed,
+        }
         figures = {
             "qa_train": output.qa_train,
             "qa_eval": output.qa_eval,
             "requests": requests,
-            "chunks_failed": output.chunks_failed,
-            "unparsed": output.chunks_unparsed,
+            "failed": output.chunks_failed,
+            "unparsed": output.replies_unparsed,
             "rejected": output.pairs_rejected,
+            "contaminated": output.eval_pairs_removed,
         }
-        self.tracker.log_metrics(run_id, {**figures, "pairs_raw": output.pairs_raw})
+        metrics = {
+            **{k: v for k, v in self.report.synthesis.items() if k != "rejected_by_reason"},
+            **{f"rejected_{reason}": n for reason, n in output.rejected_by_reason.items()},
+            **self.report.contamination,
+            "requests": requests,
+            "chunks_near_duplicate": output.chunks_near_duplicate,
+            "chunks_without_pairs": output.chunks_without_pairs,
+            "judge_failed": output.judge_failed,
+        }
+        self.tracker.log_metrics(run_id, metrics)
         folder = Path(output.path)
         for split, context in (("train", "training"), ("eval", "evaluation")):
             file = qa_file(folder, split)
             frame = pd.read_parquet(file)
             for target in (run_id, self.report.mlflow_run_id):
-                self.tracker.log_dataset(target, frame, f"qa_{split}", output.digest, file, context)
-        for name in ("summary.json", "raw_replies.jsonl"):
-            self.tracker.log_artifact(run_id, folder / name, "synthesis")
+                self.tracker.log_dataset(target, frame, f"qa_{split}", output.qa_digest, file, context)
+        for name in SYNTHESIS_ARTIFACTS:
+            if (folder / name).is_file():
+                self.tracker.log_artifact(run_id, folder / name, "synthesis")
         return figures
 
     def _train(self, stage: str, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from docqa.secrets import redact
 from docqa.settings import STAGES
-from docqa.workspace import write_json_atomic
+from docqa.workspace import write_text_atomic
 
 
 class StageReport(BaseModel):
@@ -55,14 +56,17 @@ class RunReport(BaseModel):
     documents: list[DocumentReport] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    synthesis: dict[str, Any] = Field(default_factory=dict)
+    contamination: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict)
 
     def write(self, workspace: Path) -> Path:
         reports = workspace / "reports"
         path = reports / f"{self.flow_run_name}.json"
-        write_json_atomic(path, self)
-        write_json_atomic(reports / "latest.json", self)
+        text = redact(self.model_dump_json(indent=2)) + "\n"
+        write_text_atomic(path, text)
+        write_text_atomic(reports / "latest.json", text)
         return path
 
     def finish(self, error: str | None = None) -> None:

@@ -1,6 +1,7 @@
 """MLflow: one parent run per flow run, one nested run per stage, datasets with our own digests,
 adapters as artifacts, loss curves as PNG. Plain functions over explicit run ids (no global active run),
-so the flow can log from any thread or process."""
+so the flow can log from any thread or process. Params and tags pass through
+:func:`docqa.secrets.redact`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from docqa.secrets import redact
 
 PARENT_TAG = "mlflow.parentRunId"
 PARAM_VALUE_LIMIT = 6000
@@ -69,10 +72,10 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
         for start in range(0, len(items), PARAM_BATCH_LIMIT):
             self.client.log_batch(run_id, params=items[start : start + PARAM_BATCH_LIMIT])
 

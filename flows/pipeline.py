@@ -13,13 +13,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from docqa.hashing import fingerprint_files
-from docqa.outputs import EvalOutput, read_generations
+from docqa.outputs import EvalOutput, SynthesizeOutput, read_generations
 from docqa.records import StageRecorder, record_parent
 from docqa.report import RunReport
+from docqa.review import review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
+from docqa.secrets import redact
 from docqa.settings import (
     ChunkSettings,
     EvaluateSettings,
@@ -46,6 +51,14 @@ from tasks.stages import (
 
 DEFAULTS = Recipe()
 SAMPLE_GENERATION_CHARS = 300
+REVIEW_POLL_S = 2  # how often a paused run checks whether it was resumed
+
+
+class DatasetReview(RunInput):
+    """The reviewer's verdict on the synthesized dataset (the form shown when resuming the run)."""
+
+    approve: bool = Field(description="start training on this dataset")
+    comment: str = Field("", description="why; kept as an MLflow tag and, on rejection, in the report")
 
 
 class StageFailed(RuntimeError):
@@ -117,6 +130,30 @@ class PipelineRun:
             record.figures,
         )
         return output
+
+    def review_dataset(self, qa: SynthesizeOutput, settings: SynthesizeSettings) -> None:
+        """Pause until a person approves the dataset in the Prefect UI; stop the run if they reject it."""
+        create_markdown_artifact(
+            key="docqa-dataset-review",
+            markdown=review_markdown(Path(qa.path), settings.review_sample),
+            description="Synthesized Q&A awaiting approval",
+        )
+        self.logger.info("synthesize: paused for review; resume the flow run in the Prefect UI to decide")
+        record = self.report.stages["synthesize"]
+        record.figures["review"] = "waiting"
+        self.report.write(self.workspace)
+        decision = pause_flow_run(
+            wait_for_input=DatasetReview, timeout=settings.review_timeout_s, poll_interval=REVIEW_POLL_S
+        )
+        record.figures["review"] = "approved" if decision.approve else "rejected"
+        self.tracker.set_tags(
+            self.report.mlflow_run_id,
+            {"docqa.review": record.figures["review"], "docqa.review_comment": decision.comment},
+        )
+        if not decision.approve:
+            raise StageFailed(
+                f"the reviewer rejected the synthesized dataset: {decision.comment or '(no comment)'}"
+            )
 
     def fail(self, error: BaseException) -> None:
         self.report.finish(str(error))
@@ -205,6 +242,8 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         split=recipe.split,
     )
     qa = run.stage("synthesize", synthesize_task, chunks=chunks, workspace=ws, settings=recipe.synthesize)
+    if recipe.synthesize.review:
+        run.review_dataset(qa, recipe.synthesize)
     pretrained = run.stage(
         "pretrain",
         pretrain_task,
@@ -265,7 +304,7 @@ def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: in
         cells = [g.question, g.reference, g.base_answer, g.tuned_answer]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     create_markdown_artifact(
-        key="docqa-generations", markdown="\n".join(lines), description="Sample generations"
+        key="docqa-generations", markdown=redact("\n".join(lines)), description="Sample generations"
     )
 
 

@@ -69,6 +69,15 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def checkers():
+    """The synthesis filters' models (MiniLM embedder, language identifier), loaded once per session."""
+    from docqa.settings import SynthesizeSettings
+    from docqa.stages.synthesize import Checkers
+
+    return Checkers.load(SynthesizeSettings())
+
+
+@pytest.fixture(scope="session")
 def tiny_base(docqa_cache):
     """The tiny bootstrap base (a real tokenizer and Llama trained for a few steps), as a BaseModelRef."""
     from docqa.bootstrap import ensure_bootstrap_base
@@ -97,7 +106,7 @@ def write_topic_documents(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory, tiny_base):
+def prepared(tmp_path_factory, tiny_base, checkers):
     """Ingest, chunk and synthesise the small corpus once: what the training and evaluation tests consume."""
     from docqa.modeling import load_tokenizer
     from docqa.outputs import chunks_file
@@ -123,6 +132,7 @@ def prepared(tmp_path_factory, tiny_base):
         workspace / "synthesize",
         workspace / "synthesize" / "store",
         recipe.synthesize,
+        checkers=checkers,
     )
     return {"recipe": recipe, "workspace": workspace, "ingest": ingested, "chunks": chunks, "qa": qa}
 

@@ -3,8 +3,12 @@ the report contract, the MLflow record, and the three caching behaviours."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -14,8 +18,10 @@ from conftest import tiny_recipe, write_topic_documents
 from mlflow.tracking import MlflowClient
 from pdf_factory import write_encrypted_pdf, write_report_pdf, write_truncated_pdf
 
+from bench.openai_stub import StubServer, chat_response, passage_of, sentence_pairs
 from docqa.modeling import load_adapted_model
-from docqa.settings import STAGES, Recipe
+from docqa.secrets import API_KEY_ENV
+from docqa.settings import STAGES, Recipe, SynthesizeSettings
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +76,17 @@ def test_report_contract(cold):
     counts = report["counts"]
     assert (counts["documents_ok"], counts["documents_failed"]) == (5, 2)
     assert counts["chunks"] == sum(d["chunks"] for d in ok)  # every chunk is accounted to a document
-    assert counts["synthesis_requests"] == counts["chunks"]
+    near_duplicates = report["synthesis"]["chunks_near_duplicate"]
+    assert counts["synthesis_requests"] == counts["chunks"] - near_duplicates  # a near-twin is not sent
     assert counts["qa_train"] > 0 and counts["qa_eval"] > 0
+    synthesis = report["synthesis"]
+    assert synthesis["chunks"] == counts["chunks"] and synthesis["chunks_failed"] == 0
+    assert synthesis["pairs_accepted"] == counts["qa_train"] + counts["qa_eval"]
+    assert synthesis["pairs_raw"] == synthesis["pairs_accepted"] + sum(
+        synthesis["rejected_by_reason"].values()
+    )
+    assert set(report["contamination"]) == {"eval_pairs_checked", "eval_pairs_removed"}
+    assert report["contamination"]["eval_pairs_checked"] >= counts["qa_eval"]
     metrics = report["metrics"]
     assert set(metrics["perplexity"]) == {"base", "pretrained", "sft"}
     assert set(metrics["rouge"]) == {"base", "sft"}
@@ -91,6 +106,14 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(r.info.run_name for r in children) == sorted(STAGES)
+    synthesize_run = next(r for r in children if r.info.run_name == "synthesize")
+    figures = report["synthesis"]
+    assert synthesize_run.data.metrics["pairs_accepted"] == figures["pairs_accepted"]
+    assert synthesize_run.data.metrics["eval_pairs_removed"] == report["contamination"]["eval_pairs_removed"]
+    synthesis_files = {a.path for a in client.list_artifacts(synthesize_run.info.run_id, "synthesis")}
+    assert {"synthesis/coverage.png", "synthesis/chunk_accounting.jsonl", "synthesis/contamination.json"} <= (
+        synthesis_files
+    )
     pretrain_run = next(r for r in children if r.info.run_name == "pretrain")
     losses = client.get_metric_history(pretrain_run.info.run_id, "loss")
     assert len(losses) >= 2 and len({m.step for m in losses}) == len(losses)  # a curve, step by step
@@ -202,3 +225,150 @@ def test_a_failing_stage_fails_the_run_with_its_reason(prefect_harness, corpus, 
     )
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
     assert client.get_run(report["mlflow_run_id"]).info.status == "FAILED"
+
+
+# --- an OpenAI-compatible server that fails, a secret key, and a person who reviews the dataset -------
+
+SECRET = "sk-flow-test-4d2b8e"
+
+
+DEAD_MARKER = "nonlocal"  # chunks holding this word never get an answer
+
+
+def is_dead(passage: str) -> bool:
+    return DEAD_MARKER in passage
+
+
+def flaky_responder():
+    """Fails a third of the first attempts with 500 and another third with 429 (Retry-After: 0), echoes
+    the API key in its replies, and never answers a chunk that :func:`is_dead`."""
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def respond(body: dict):
+        passage = passage_of(body)
+        with lock:
+            attempts[passage] = attempts.get(passage, 0) + 1
+            attempt = attempts[passage]
+        kind = int(hashlib.sha256(passage.encode()).hexdigest(), 16) % 3
+        if is_dead(passage):
+            return 503, f"overloaded (key {SECRET})"
+        if attempt == 1 and kind == 0:
+            return 500, "internal error"
+        if attempt == 1 and kind == 1:
+            return 429, "rate limited", {"Retry-After": "0"}
+        return 200, chat_response(json.dumps(sentence_pairs(body)) + f"\n(served for {SECRET})")
+
+    return respond
+
+
+def resume_when_paused(approve: bool, comment: str, found: list) -> threading.Thread:
+    """In the background: wait for the paused flow run and answer its review form."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    # the REST filter (prefect 3.8's sync read_flow_runs sends nulls the server refuses)
+    paused = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "limit": 5}
+
+    def answer() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                runs = client.request("POST", "/flow_runs/filter", json=paused).json()
+            if runs:
+                resume_flow_run(runs[0]["id"], run_input={"approve": approve, "comment": comment})
+                found.append(runs[0]["id"])
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="module")
+def flaky(prefect_harness, corpus, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("flaky")
+    os.environ[API_KEY_ENV] = SECRET
+    try:
+        with StubServer(flaky_responder()) as server:
+            recipe = RECIPE.model_copy(
+                update={
+                    "synthesize": SynthesizeSettings(
+                        backend="openai", base_url=server.base_url, model="stub-model", pairs_per_chunk=2,
+                        retry_initial_wait_s=0.01, max_attempts=3, review=True, review_sample=5,
+                        review_timeout_s=300,
+                    )
+                }
+            )  # fmt: skip
+            found: list = []
+            reviewer = resume_when_paused(True, "pairs look right", found)
+            report = run_pipeline(corpus, workspace, recipe)
+            reviewer.join(timeout=5)
+        yield report, workspace, server, recipe, found
+    finally:
+        os.environ.pop(API_KEY_ENV, None)
+
+
+def test_a_flaky_server_still_builds_the_dataset_and_accounts_for_every_chunk(flaky):
+    report, workspace, server, _, found = flaky
+    assert report["status"] == "completed" and found, "the run paused for review and was approved"
+    assert report["stages"]["synthesize"]["figures"]["review"] == "approved"
+    synthesis, counts = report["synthesis"], report["counts"]
+    passages = {passage_of(r["body"]) for r in server.requests}
+    dead = {p for p in passages if is_dead(p)}
+    assert dead and len(passages) == counts["chunks"] - synthesis["chunks_near_duplicate"]
+    errors = sum(1 for r in server.requests if not is_dead(passage_of(r["body"]))) - (
+        len(passages) - len(dead)
+    )
+    assert errors >= len(passages) // 3  # about two thirds of the first attempts failed
+    assert synthesis["chunks_failed"] == len(dead) and synthesis["retries"] >= errors
+    assert synthesis["pairs_accepted"] == counts["qa_train"] + counts["qa_eval"] > 0
+    assert synthesis["pairs_raw"] == synthesis["pairs_accepted"] + sum(
+        synthesis["rejected_by_reason"].values()
+    )
+    assert synthesis["latency_p95_s"] >= synthesis["latency_p50_s"] > 0
+    accounting = [
+        json.loads(line)
+        for line in (Path(report["outputs"]["synthesis"]) / "chunk_accounting.jsonl").read_text().splitlines()
+    ]
+    assert len(accounting) == synthesis["chunks"]
+    assert sum(r["state"] == "failed" for r in accounting) == len(dead)
+    assert all("HTTP 503" in r["reason"] and r["attempts"] == 3 for r in accounting if r["state"] == "failed")
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    run = client.get_run(report["stages"]["synthesize"]["mlflow_run_id"])
+    for name in ("chunks", "chunks_failed", "replies_unparsed", "pairs_raw", "pairs_accepted", "retries"):
+        assert run.data.metrics[name] == synthesis[name], name
+    assert run.data.metrics["latency_p50_s"] == pytest.approx(synthesis["latency_p50_s"])
+
+
+def test_the_api_key_appears_nowhere(flaky):
+    from prefect.client.orchestration import get_client
+
+    _, workspace, server, _, found = flaky
+    assert {r["headers"]["Authorization"] for r in server.requests} == {f"Bearer {SECRET}"}
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path  # reports, stores, parquet, mlflow.db
+    query = {"artifacts": {"flow_run_id": {"any_": [found[0]]}}, "limit": 50}
+    with get_client(sync_client=True) as client:
+        artifacts = client.request("POST", "/artifacts/filter", json=query).json()
+        flow_run = client.read_flow_run(found[0])
+    assert "docqa-dataset-review" in {a["key"] for a in artifacts}
+    assert SECRET not in json.dumps(artifacts) and SECRET not in json.dumps(flow_run.parameters, default=str)
+
+
+def test_a_rejected_dataset_stops_the_run_before_training(flaky, corpus):
+    from flows.pipeline import StageFailed
+
+    _, workspace, _, recipe, _ = flaky
+    with StubServer(flaky_responder()) as server:
+        settings = recipe.synthesize.model_copy(update={"base_url": server.base_url})
+        found: list = []
+        reviewer = resume_when_paused(False, "too many vague questions", found)
+        with pytest.raises(StageFailed, match="too many vague questions"):
+            run_pipeline(corpus, workspace, recipe.model_copy(update={"synthesize": settings}))
+        reviewer.join(timeout=5)
+    report = json.loads((workspace / "reports" / "latest.json").read_text())
+    assert report["stages"]["synthesize"]["figures"]["review"] == "rejected"
+    assert all(report["stages"][s]["status"] == "not_run" for s in ("pretrain", "sft", "evaluate"))

