@@ -87,6 +87,34 @@ def tiny_base(docqa_cache):
     return describe_base(str(folder), source="bootstrap")
 
 
+FAST_RETRY_S = 0.01
+
+
+def openai_settings(base_url: str, **overrides):
+    """Settings of the openai backend for a test server: 2 pairs per chunk, quick retries, 3 attempts."""
+    from docqa.settings import SynthesizeSettings
+
+    values = {
+        "backend": "openai",
+        "base_url": base_url,
+        "model": "stub-model",
+        "pairs_per_chunk": 2,
+        "retry_initial_wait_s": FAST_RETRY_S,
+        "max_attempts": 3,
+    }
+    return SynthesizeSettings(**{**values, **overrides})
+
+
+def closed_port_url() -> str:
+    """An OpenAI-style base URL on 127.0.0.1 where nothing listens (the port was free a moment ago)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 TOPIC_DOCUMENTS = {
     "statements.txt": ("for", "while", "if", "try", "with", "return", "raise", "break"),
     "expressions.txt": ("lambda", "comparisons", "booleans", "calls", "slicings"),

@@ -3,33 +3,19 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from email.utils import formatdate
 from pydoc_data.topics import topics
 
 import pytest
+from conftest import closed_port_url, openai_settings
 
 from bench.openai_stub import StubServer, chat_response, json_pairs_responder, passage_of, sentence_pairs
-from docqa.settings import SynthesizeSettings
 from docqa.synthesis import ChatRequest, ChunkRequest, ChunkResult, make_backend
 from docqa.synthesis.llm import PROMPT_VERSION, LLMBackend
 from docqa.synthesis.openai_backend import OpenAIChatClient, retry_after_seconds
 
 TEXT = topics["assert"]
-FAST_RETRY_S = 0.01
-
-
-def openai_settings(base_url: str, **overrides) -> SynthesizeSettings:
-    values = {
-        "backend": "openai",
-        "base_url": base_url,
-        "model": "stub-model",
-        "pairs_per_chunk": 2,
-        "retry_initial_wait_s": FAST_RETRY_S,
-        "max_attempts": 3,
-    }
-    return SynthesizeSettings(**{**values, **overrides})
 
 
 def run_backend(base_url: str, texts: list[str], **overrides) -> list[ChunkResult]:
@@ -38,13 +24,6 @@ def run_backend(base_url: str, texts: list[str], **overrides) -> list[ChunkResul
         ChunkRequest(chunk_id=f"c{i}", text=t, doc_title="Python reference") for i, t in enumerate(texts)
     ]
     return sorted(backend.generate(requests), key=lambda r: int(r.chunk_id[1:]))
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def test_reads_json_replies_and_sends_the_prompt() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from pydoc_data.topics import topics
 
 import pandas as pd
 import pytest
+from conftest import closed_port_url, openai_settings
 
 from bench.openai_stub import StubServer, chat_response, json_pairs_responder, passage_of
 from docqa.secrets import API_KEY_ENV
@@ -27,7 +27,6 @@ from docqa.synthesis import ChunkRequest, ChunkResult, QAPair, make_backend
 from docqa.synthesis.extractive import NO_MATCH_REASON, ExtractiveBackend, extract_candidates
 from docqa.synthesis.llm import PROMPT_VERSION
 
-FAST_RETRY_S = 0.01
 EVAL_TOPICS = {"assert", "class", "lambda", "raise", "with"}
 
 # --- chunks from real prose ---------------------------------------------------------------------
@@ -168,25 +167,6 @@ def test_extractive_yields_pairs_for_most_prose_chunks_of_the_reference_manual()
 
 
 # --- the synthesize stage -----------------------------------------------------------------------
-
-
-def openai_settings(base_url: str, **overrides) -> SynthesizeSettings:
-    values = {
-        "backend": "openai",
-        "base_url": base_url,
-        "model": "stub-model",
-        "pairs_per_chunk": 2,
-        "retry_initial_wait_s": FAST_RETRY_S,
-        "max_attempts": 3,
-    }
-    return SynthesizeSettings(**{**values, **overrides})
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def stage_paths(tmp_path: Path) -> tuple[Path, Path]:
