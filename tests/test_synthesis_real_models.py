@@ -61,6 +61,12 @@ def assert_unparsed_and_kept(tmp_path: Path, settings: SynthesizeSettings, check
             checkers=checkers,
         )
     assert "'unparsed': 3" in str(error.value)
+    folder = Path(str(error.value).rsplit(" and ", 1)[1].rstrip(".")).parent  # named in the message
+    states = [
+        json.loads(line)["state"] for line in (folder / "chunk_accounting.jsonl").read_text().splitlines()
+    ]
+    replies = [json.loads(line) for line in (folder / "raw_replies.jsonl").read_text().splitlines()]
+    assert states == ["unparsed"] * 3 and all(r["status"] == "unparsed" and r["reason"] for r in replies)
     records = [
         json.loads(p.read_text()) for p in (store / store_key(backend.identity(), settings)).glob("*.json")
     ]

@@ -186,9 +186,10 @@ def synthesize_qa(
         "eval_pairs_checked": contamination.checked,
         "eval_pairs_removed": len(contamination.removed_indices),
     }
-    check_usable(summary, settings)
     report = contamination_report(contamination)
-    return publish(rows, results, summary, accounting, report, judged, key, out_root, requested)
+    output = publish(rows, results, summary, accounting, report, judged, key, out_root, requested)
+    check_usable(summary, settings, Path(output.path))
+    return output
 
 
 def read_qa(path: Path, split: str) -> datasets.Dataset:
@@ -508,8 +509,9 @@ def _per_document(chunks: list[dict], pairs_by_chunk: Counter) -> dict[str, dict
     return documents
 
 
-def check_usable(summary: dict, settings: SynthesizeSettings) -> None:
-    """Refuse to hand on nothing: every chunk failed, or a split has no pair."""
+def check_usable(summary: dict, settings: SynthesizeSettings, folder: Path) -> None:
+    """Refuse to hand on nothing: every chunk failed, or a split has no pair. The published ``folder``
+    (replies, accounting) is named so that a person can see what the model said."""
     asked = summary["chunks"] - summary["chunks_near_duplicate"]
     if summary["chunks_failed"] == asked:
         first = next(iter(summary["failed_reasons"]), None)
@@ -522,7 +524,8 @@ def check_usable(summary: dict, settings: SynthesizeSettings) -> None:
         )
         raise SynthesisError(
             f"no chunk got a reply ({asked} chunk(s) failed; first reason: {first}). {hint} Failed chunks "
-            "are not stored: the next run retries them."
+            "are not stored: the next run retries them. Every chunk's state: "
+            f"{folder / 'chunk_accounting.jsonl'}."
         )
     if not summary["qa_train"] or not summary["qa_eval"]:
         raise SynthesisError(
@@ -531,7 +534,9 @@ def check_usable(summary: dict, settings: SynthesizeSettings) -> None:
             f"{summary['rejected_by_reason']}); both splits need pairs. Add documents (or more prose), raise "
             "split.eval_fraction or name held-out files in split.eval_documents, raise "
             "synthesize.pairs_per_chunk, loosen the filter that rejected most, or use an LLM backend "
-            "(synthesize.backend=openai) if the extractive rules found few statements."
+            "(synthesize.backend=openai) if the extractive rules found few statements. What the backend "
+            f"replied, chunk by chunk: {folder / 'raw_replies.jsonl'} and "
+            f"{folder / 'chunk_accounting.jsonl'}."
         )
 
 
@@ -585,7 +590,8 @@ def publish(
     tmp = new_tmp_dir(out_root)
     for split in SPLITS:
         split_rows = [row for row in rows if row["split"] == split]
-        dataset = datasets.Dataset.from_list(split_rows, features=QA_FEATURES)
+        columns = {name: [row[name] for row in split_rows] for name in QA_COLUMNS}  # from_list refuses []
+        dataset = datasets.Dataset.from_dict(columns, features=QA_FEATURES)
         dataset.to_parquet(str(qa_file(tmp, split)))
     write_text_atomic(tmp / "raw_replies.jsonl", _jsonl([_reply_record(key, r) for r in results.values()]))
     if judged is not None:
