@@ -119,6 +119,8 @@ def print_summary(report: dict[str, Any]) -> None:
         colour = {"completed": "green", "failed": "red"}.get(info["status"], "dim")
         figures = ", ".join(f"{k}={v}" for k, v in info["figures"].items()) or (info.get("error") or "")
         cached = "yes" if info["cached"] else "no"
+        if info.get("resumed_from_step") is not None:
+            cached += f" (resumed at step {info['resumed_from_step']})"
         table.add_row(
             stage, f"[{colour}]{info['status']}[/{colour}]", cached, f"{info['seconds']:.1f}", figures
         )
@@ -133,6 +135,18 @@ def print_summary(report: dict[str, Any]) -> None:
             console.print(
                 f"held-out ROUGE ({state}): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
             )
+        recall, similarity = metrics["recall"], metrics["semantic_similarity"]
+        console.print(
+            "held-out fact recall: "
+            + ", ".join(f"{s} {recall[s]['recalled']:.3f} (similarity {similarity[s]:.3f})" for s in recall)
+        )
+        forgetting = metrics["forgetting"]
+        verdict = "[green]passed[/green]" if forgetting["passed"] else "[red]FAILED[/red]"
+        console.print(
+            f"forgetting (general-text perplexity): base {forgetting['base']:.2f} → tuned "
+            f"{forgetting['tuned']:.2f}, ratio {forgetting['ratio']:.3f} "
+            f"(gate ≤ {forgetting['max_ratio']}): {verdict}"
+        )
     console.print("counts: " + ", ".join(f"{k}={v}" for k, v in report.get("counts", {}).items()))
     failed = [d for d in report.get("documents", []) if d["status"] == "failed"]
     for document in failed:

@@ -166,6 +166,7 @@ class TrainOutput(StageOutput):
     train_loss: float
     eval_loss: float | None
     seconds: float
+    resumed_from_step: int | None = None  # training went on from this checkpoint (a killed run)
 
     @classmethod
     def from_metrics(cls, folder: Path, digest: str, metrics: dict[str, Any]) -> TrainOutput:
@@ -183,6 +184,10 @@ def read_log_history(stage_path: Path) -> list[dict]:
 class EvalOutput(StageOutput):
     perplexity: dict[str, float]
     rouge: dict[str, dict[str, float]]
+    forgetting: dict[str, Any]  # base, tuned, ratio, max_ratio, passed, source, tokens
+    semantic_similarity: dict[str, float]  # base, sft
+    recall: dict[str, dict[str, Any]]  # base, sft: recalled, mean_recall, scored, unscored
+    errors: dict[str, dict[str, dict]]  # base, sft: kind -> count, examples
     eval_documents: int
     eval_tokens: int
     eval_questions: int

@@ -169,6 +169,10 @@ class StageRecorder:
         self.tracker.log_figure(run_id, loss_figure({stage: history}), f"{stage}_loss.png")
         self.tracker.log_artifact(run_id, Path(output.path) / LOG_HISTORY_FILE)
         self.report.outputs[f"{stage}_adapter"] = output.adapter_path
+        # a cached output was trained (and maybe resumed) by an earlier run, not by this one
+        self.report.stages[stage].resumed_from_step = None if cached else output.resumed_from_step
+        if output.resumed_from_step is not None and not cached:
+            self.tracker.set_tags(run_id, {"docqa.resumed_from_step": output.resumed_from_step})
         return figures
 
     def _pretrain(self, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
@@ -181,18 +185,33 @@ class StageRecorder:
     def _evaluate(self, run_id: str, output: EvalOutput, cached: bool) -> dict[str, Any]:
         self.report.metrics["perplexity"] = output.perplexity
         self.report.metrics["rouge"] = output.rouge
+        self.report.metrics["forgetting"] = output.forgetting
+        self.report.metrics["semantic_similarity"] = output.semantic_similarity
+        self.report.metrics["recall"] = output.recall
+        self.report.metrics["errors"] = {
+            name: {kind: entry["count"] for kind, entry in kinds.items()}
+            for name, kinds in output.errors.items()
+        }
         self.report.metrics["eval_questions"] = output.eval_questions
         self.report.metrics["eval_tokens"] = output.eval_tokens
         metrics = evaluation_metrics(output)
         self.tracker.log_metrics(run_id, metrics)
         rows = [g.model_dump() for g in read_generations(Path(output.path))]
         self.tracker.log_table(run_id, rows, "generations.json")
+        self.tracker.log_artifact(run_id, Path(output.path) / "metrics.json")  # with error examples
+        self.tracker.set_tags(
+            run_id, {"docqa.forgetting_gate": "passed" if output.forgetting["passed"] else "failed"}
+        )
         self.report.outputs["evaluation"] = output.path
         return {
             "ppl_base": round(output.perplexity["base"], 2),
             "ppl_sft": round(output.perplexity["sft"], 2),
             "rougeL_base": round(output.rouge["base"]["rougeL"], 4),
             "rougeL_sft": round(output.rouge["sft"]["rougeL"], 4),
+            "recall_base": round(output.recall["base"]["recalled"], 4),
+            "recall_sft": round(output.recall["sft"]["recalled"], 4),
+            "forgetting_ratio": round(output.forgetting["ratio"], 3),
+            "forgetting_gate": "passed" if output.forgetting["passed"] else "FAILED",
         }
 
 
@@ -200,6 +219,14 @@ def evaluation_metrics(output: EvalOutput) -> dict[str, float]:
     metrics = {f"perplexity_{state}": value for state, value in output.perplexity.items()}
     for state, scores in output.rouge.items():
         metrics.update({f"{name}_{state}": value for name, value in scores.items()})
+    for state in ("base", "tuned"):
+        metrics[f"general_perplexity_{state}"] = output.forgetting[state]
+    metrics["forgetting_ratio"] = output.forgetting["ratio"]
+    for state in output.recall:
+        metrics[f"fact_recall_{state}"] = output.recall[state]["recalled"]
+        metrics[f"mean_fact_recall_{state}"] = output.recall[state]["mean_recall"]
+        metrics[f"semantic_similarity_{state}"] = output.semantic_similarity[state]
+        metrics.update({f"errors_{kind}_{state}": e["count"] for kind, e in output.errors[state].items()})
     return metrics
 
 

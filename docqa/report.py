@@ -25,6 +25,7 @@ class StageReport(BaseModel):
     figures: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     mlflow_run_id: str | None = None
+    resumed_from_step: int | None = None  # training stages: went on from this checkpoint's step
 
 
 class DocumentReport(BaseModel):

@@ -270,6 +270,10 @@ class TrainSettings(_Settings):
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(5, ge=1)
     eval_steps: int = Field(20, ge=1, description="eval loss on held-out documents every N steps")
+    save_steps: int = Field(
+        50, ge=1, description="checkpoint every N steps; a killed run resumes from the last complete one"
+    )
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
     max_eval_samples: int = Field(64, ge=1, description="held-out blocks or Q&A rows used for eval loss")
     seed: int = 42
     optim: str = Field(
@@ -303,6 +307,35 @@ class EvaluateSettings(_Settings):
     batch_size: int = Field(16, ge=1, description="questions generated per batch (left padding)")
     rouge_use_stemmer: bool = True
     sample_generations: int = Field(12, ge=0, description="rows in the sample-generations table")
+    # --- forgetting: general text that is not the domain ---------------------------------------------
+    general_text: str | None = Field(
+        None,
+        description="a UTF-8 text file of general, non-domain text; empty: the base's general_heldout.txt "
+        "(bootstrap bases) or the standard library's docstrings (works offline)",
+    )
+    max_general_tokens: int = Field(20_000, ge=64, description="cap on general-text tokens scored")
+    max_forgetting_ratio: float = Field(
+        1.10, gt=0, description="gate: tuned / base perplexity on general text must not exceed this"
+    )
+    # --- answers: recall and error analysis ----------------------------------------------------------
+    recall_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a fact is recalled when the answer carries this share of its content words",
+    )
+    long_answer_ratio: float = Field(
+        3.0, gt=1, description="an answer longer than this × the reference's words"
+    )
+    max_repetition: float = Field(
+        0.5, ge=0, le=1, description="share of repeated word 3-grams called repetitive"
+    )
+    min_chunk_similarity: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="MiniLM similarity with the source chunk below which an answer is unrelated",
+    )
 
     def _problems(self) -> list[str]:
         if self.ppl_stride > self.ppl_window:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +15,8 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from docqa.hashing import tree_digest
@@ -41,7 +46,9 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool)
         "logging_steps": settings.logging_steps,
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": settings.eval_steps,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": settings.save_steps,
+        "save_total_limit": settings.save_total_limit,
         "seed": settings.seed,
         "report_to": "none",
         "use_cpu": not torch.cuda.is_available(),
@@ -73,20 +80,149 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def checkpoint_adapter_dir(checkpoint: Path, adapter_name: str) -> Path:
+    """Where ``Trainer`` puts a named adapter in a checkpoint (PEFT: non-default names in subfolders)."""
+    return checkpoint / adapter_name if adapter_name != "default" else checkpoint
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The header parses and the file is exactly as long as the tensors it declares (not truncated)."""
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return bool(ends) and path.stat().st_size == 8 + header_len + max(ends)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+
+
+def _loads(path: Path) -> bool:
+    """JSON parses; a ``torch.save`` file (a zip archive) has its directory and every CRC intact."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+            return True
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def checkpoint_complete(checkpoint: Path, adapter_name: str) -> bool:
+    """Every file a resume needs is there and reads back whole: the trained adapter (weights + config),
+    the trainer state, optimizer, scheduler and RNG state. A kill during a save leaves one missing or
+    truncated; ``trainer_state.json`` is written last, so a checkpoint that has it was saved to the end."""
+    adapter = checkpoint_adapter_dir(checkpoint, adapter_name)
+    return (
+        _safetensors_whole(adapter / ADAPTER_FILES[0])
+        and _loads(adapter / ADAPTER_FILES[1])
+        and all(_loads(checkpoint / name) for name in CHECKPOINT_STATE_FILES)
+    )
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    match = CHECKPOINT_PATTERN.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"not a checkpoint folder: {checkpoint}")
+    return int(match.group(1))
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """``checkpoint-N`` folders, newest (highest step) first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def last_complete_checkpoint(folder: Path, adapter_name: str = "default") -> Path | None:
+    """The newest complete checkpoint in ``folder``; incomplete ones (a kill during a save) are skipped.
+
+    Unlike ``transformers.trainer_utils.get_last_checkpoint``, which takes the newest folder whatever
+    it holds."""
+    return next((c for c in checkpoint_folders(folder) if checkpoint_complete(c, adapter_name)), None)
+
+
+def prepare_resume(folder: Path, adapter_name: str) -> Path | None:
+    """The checkpoint to resume from; incomplete checkpoint folders are removed first, so that the
+    trainer never saves into one or counts it when rotating."""
+    last = last_complete_checkpoint(folder, adapter_name)
+    for checkpoint in checkpoint_folders(folder):
+        if not checkpoint_complete(checkpoint, adapter_name):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return last
+
+
+def remove_checkpoints(checkpoint_dir: Path | None) -> None:
+    """After publishing: the stage's checkpoints are not needed any more."""
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def load_trainable_adapter(trainer: Trainer, adapter_name: str) -> None:
+    """Make ``trainer`` restore only the trained adapter's weights on resume.
+
+    ``Trainer._load_from_checkpoint`` reloads every adapter of a checkpoint, makes the *first* active
+    adapter the trainable one and activates it alone: with stacked adapters (SFT on pretrain) it would
+    train the frozen pretrain adapter. Here the weights go in place and nothing else changes."""
+    model = trainer.model
+
+    def load(resume_from_checkpoint: str, model_=None) -> None:
+        file = checkpoint_adapter_dir(Path(resume_from_checkpoint), adapter_name) / ADAPTER_FILES[0]
+        weights = load_file(str(file))
+        expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
+        if set(weights) != expected:
+            raise ValueError(f"checkpoint {resume_from_checkpoint} does not hold adapter {adapter_name!r}")
+        result = set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
+        if result.unexpected_keys:
+            raise ValueError(f"unexpected adapter weights in {file}: {result.unexpected_keys[:5]}")
+
+    trainer._load_from_checkpoint = load
+
+
 def final_eval_loss(history: list[dict]) -> float | None:
     evals = [row["eval_loss"] for row in history if "eval_loss" in row]
     return evals[-1] if evals else None
 
 
-def run_training(trainer: Trainer, on_log: StepLogger | None) -> tuple[list[dict], float, float]:
-    """Train (and evaluate once more at the end); returns (log history, mean train loss, seconds)."""
+def run_training(
+    trainer: Trainer, on_log: StepLogger | None, resume_from: Path | None = None
+) -> tuple[list[dict], float, float]:
+    """Train (and evaluate once more at the end); returns (log history, mean train loss, seconds).
+
+    With ``resume_from`` training goes on from that checkpoint (weights, optimizer, scheduler, RNG,
+    data position); its log history is complete from step 1 and is replayed to ``on_log`` first, so
+    the live step log holds every step too."""
     if on_log is not None:
+        if resume_from is not None:
+            for row in json.loads((resume_from / "trainer_state.json").read_text())["log_history"]:
+                values = {k: float(v) for k, v in row.items() if k != "step" and isinstance(v, int | float)}
+                if values:
+                    on_log(values, int(row["step"]))
         trainer.add_callback(StepLogCallback(on_log))
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     if trainer.eval_dataset is not None:
         trainer.evaluate()
     return trainer.state.log_history, result.training_loss, time.perf_counter() - started
+
+
+@contextmanager
+def training_dir(checkpoint_dir: Path | None, out_root: Path) -> Iterator[Path]:
+    """The trainer's output folder: the stable ``checkpoint_dir`` (kept for a resume if training fails,
+    removed by the caller after publishing) or, without one, a scratch folder removed afterwards."""
+    if checkpoint_dir is None:
+        with scratch_dir(out_root) as path:
+            yield path
+    else:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        yield checkpoint_dir
 
 
 def publish_adapter(

@@ -281,6 +281,13 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
     tokenizer_dir = Path(base.path) if base.source != "hub" else None
     record_parent(run.tracker, run.report, pretrained, tuned, evaluation, tokenizer_dir)
     _prefect_artifacts(run, evaluation, recipe.evaluate.sample_generations)
+    if not evaluation.forgetting["passed"]:
+        run.logger.warning(
+            "forgetting gate failed: general-text perplexity rose %.3f× (evaluate.max_forgetting_ratio %s); "
+            "mix general text into training, lower the learning rate or train fewer steps",
+            evaluation.forgetting["ratio"],
+            evaluation.forgetting["max_ratio"],
+        )
 
 
 def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: int) -> None:
@@ -297,6 +304,23 @@ def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: in
     ]
     for state, scores in evaluation.rouge.items():
         rows += [{"metric": f"{name} ({state})", "value": round(v, 4)} for name, v in scores.items()]
+    for state, recall in evaluation.recall.items():
+        rows.append({"metric": f"fact recall ({state})", "value": round(recall["recalled"], 4)})
+        rows.append(
+            {
+                "metric": f"semantic similarity ({state})",
+                "value": round(evaluation.semantic_similarity[state], 4),
+            }
+        )
+    forgetting = evaluation.forgetting
+    rows += [
+        {"metric": "general-text perplexity (base)", "value": round(forgetting["base"], 3)},
+        {"metric": "general-text perplexity (tuned)", "value": round(forgetting["tuned"], 3)},
+        {
+            "metric": f"forgetting ratio (gate ≤ {forgetting['max_ratio']})",
+            "value": round(forgetting["ratio"], 4),
+        },
+    ]
     create_table_artifact(key="docqa-metrics", table=rows, description="Held-out metrics, base vs adapted")
     samples = read_generations(Path(evaluation.path))[:sample_rows]
     lines = ["| question | reference | base | tuned |", "|---|---|---|---|"]

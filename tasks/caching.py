@@ -35,6 +35,11 @@ def _key_value(value: Any) -> Any:
     return value
 
 
+def inputs_digest(inputs: dict[str, Any]) -> str:
+    """Digest of values by content, as the cache keys see them (stage outputs by their digests)."""
+    return json_digest({k: _key_value(v) for k, v in inputs.items()})
+
+
 def module_digest(name: str) -> str:
     """Digest of a module's source, or of every source file of a package."""
     module = importlib.import_module(name)

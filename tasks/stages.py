@@ -33,9 +33,20 @@ from docqa.settings import (
     SynthesizeSettings,
 )
 from docqa.stages.ingest import IngestOutput
-from tasks.caching import content_policy
+from tasks.caching import content_policy, inputs_digest
 
 TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs")
+CHECKPOINT_ONLY_SETTINGS = {"save_steps", "save_total_limit"}  # where to save, not what is trained
+
+
+def checkpoint_dir(stage_root: Path, settings: PretrainSettings | SFTSettings, **inputs) -> Path:
+    """Where a training stage keeps its checkpoints: the same folder for the same inputs and training
+    settings, so that a run after a kill finds them again (the code's digest is left out on purpose:
+    a fix made after a crash should not throw the checkpoints away)."""
+    key = inputs_digest(
+        {**inputs, "settings": settings.model_dump(mode="json", exclude=CHECKPOINT_ONLY_SETTINGS)}
+    )
+    return stage_root / "checkpoints" / key[:16]
 
 
 @task(name="base-model", cache_policy=NO_CACHE)
@@ -112,7 +123,9 @@ def pretrain_task(
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    return pretrain(Path(chunks.path), base, model, settings, Path(workspace) / "pretrain", on_log)
+    root = Path(workspace) / "pretrain"
+    checkpoints = checkpoint_dir(root, settings, chunks=chunks, base=base, model=model)
+    return pretrain(Path(chunks.path), base, model, settings, root, on_log, checkpoints)
 
 
 @task(
@@ -135,9 +148,9 @@ def sft_task(
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    return sft(
-        Path(qa.path), Path(pretrained.adapter_path), base, model, settings, Path(workspace) / "sft", on_log
-    )
+    root = Path(workspace) / "sft"
+    checkpoints = checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
+    return sft(Path(qa.path), Path(pretrained.adapter_path), base, model, settings, root, on_log, checkpoints)
 
 
 @task(

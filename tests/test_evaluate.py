@@ -3,6 +3,7 @@ words, and the stage scores base and adapted models on held-out documents only."
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from pydoc_data.topics import topics
@@ -97,3 +98,28 @@ def test_evaluate_scores_base_and_adapted_on_held_out_questions(trained, tiny_ba
     assert [g.question for g in generations] == list(held_out["question"])[: out.eval_questions]
     assert {g.doc_title for g in generations} <= set(held_out["doc_title"])
     assert all(isinstance(g.base_answer, str) and isinstance(g.tuned_answer, str) for g in generations)
+    # forgetting on the base's held-out general text, with the gate's verdict
+    forgetting = out.forgetting
+    assert forgetting["source"].endswith("general_heldout.txt") and forgetting["tokens"] > 1000
+    assert forgetting["ratio"] == pytest.approx(forgetting["tuned"] / forgetting["base"])
+    assert forgetting["passed"] == (forgetting["ratio"] <= recipe.evaluate.max_forgetting_ratio)
+    for name in ("base", "sft"):
+        assert -1 <= out.semantic_similarity[name] <= 1
+        recall = out.recall[name]
+        assert 0 <= recall["recalled"] <= 1 and recall["scored"] + recall["unscored"] == out.eval_questions
+        assert set(out.errors[name]) == {"empty", "too_long", "repetitive", "unrelated"}
+    metrics = json.loads((Path(out.path) / "metrics.json").read_text())
+    assert metrics["forgetting"] == forgetting and metrics["errors"] == out.errors
+
+
+def test_the_forgetting_gate_reads_a_configured_general_text_and_can_fail(trained, tiny_base, tmp_path):
+    recipe = trained["recipe"]
+    general = tmp_path / "general.txt"
+    general.write_text(" ".join(["The weather was mild and the river ran high after the spring rains."] * 60))
+    settings = recipe.evaluate.model_copy(update={"general_text": str(general), "max_forgetting_ratio": 1e-6})
+    out = evaluate_models(
+        Path(trained["ingest"].path), Path(trained["chunks"].path), Path(trained["qa"].path),
+        Path(trained["pretrained"].adapter_path), Path(trained["tuned"].adapter_path), tiny_base,
+        recipe.model, settings, tmp_path / "evaluate",
+    )  # fmt: skip
+    assert out.forgetting["source"] == str(general) and out.forgetting["passed"] is False

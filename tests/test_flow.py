@@ -88,6 +88,13 @@ def test_report_contract(cold):
     assert set(report["contamination"]) == {"eval_pairs_checked", "eval_pairs_removed"}
     assert report["contamination"]["eval_pairs_checked"] >= counts["qa_eval"]
     metrics = report["metrics"]
+    forgetting = metrics["forgetting"]
+    assert {"base", "tuned", "ratio", "passed"} <= set(forgetting) and isinstance(forgetting["passed"], bool)
+    assert set(metrics["recall"]) == {"base", "sft"} and set(metrics["semantic_similarity"]) == {
+        "base",
+        "sft",
+    }
+    assert set(metrics["errors"]["sft"]) == {"empty", "too_long", "repetitive", "unrelated"}
     assert set(metrics["perplexity"]) == {"base", "pretrained", "sft"}
     assert set(metrics["rouge"]) == {"base", "sft"}
     assert metrics["trainable_parameters"] > 0

@@ -1,8 +1,9 @@
-"""Held-out evaluation: perplexity on held-out documents' text and ROUGE of greedy answers to held-out
-questions, for the base model and the adapted ones, measured side by side on the same data.
+"""Held-out evaluation, base and adapted side by side on the same data: perplexity on held-out documents'
+text; ROUGE, MiniLM similarity and per-fact recall of greedy answers to held-out questions, with an
+error analysis; and forgetting, the perplexity on general text that is not the domain, with a gate.
 
 Nothing here reads a training row: the text comes from documents the split held out, the questions
-were synthesised from those documents only.
+were synthesised from those documents only. ``docs/evaluation.md`` defines every figure.
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ import time
 from pathlib import Path
 
 import evaluate as hf_evaluate
+import pandas as pd
 import torch
 
+from docqa.answer_metrics import answer_errors, recall_summary
+from docqa.bootstrap import GENERAL_HELDOUT_FILE, stdlib_docstrings
 from docqa.hashing import json_digest
 from docqa.modeling import load_adapted_model, load_tokenizer, token_stream
-from docqa.outputs import GENERATIONS_FILE, BaseModelRef, EvalOutput, Generation, read_document_chunks
+from docqa.outputs import (
+    GENERATIONS_FILE,
+    BaseModelRef,
+    EvalOutput,
+    Generation,
+    chunks_file,
+    read_document_chunks,
+)
 from docqa.prompting import encode_prompts
 from docqa.settings import EvaluateSettings, ModelSettings
 from docqa.stages.ingest import read_documents
@@ -25,6 +36,7 @@ from docqa.stages.synthesize import read_qa
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
 ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
+STDLIB_GENERAL_CHARS = 400_000  # the offline fallback's size: enough text for max_general_tokens
 
 
 def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
@@ -35,6 +47,27 @@ def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
         for doc in read_documents(ingest_path)
         if splits.get(doc.doc_id) == "eval"
     ]
+
+
+def general_text(settings: EvaluateSettings, base: BaseModelRef) -> tuple[list[str], str]:
+    """The forgetting reference and where it came from: the configured file, else the bootstrap base's
+    held-out general text, else the standard library's docstrings (offline, not the user's domain)."""
+    if settings.general_text:
+        path = Path(settings.general_text)
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluate.general_text {path} is not a file; give a UTF-8 text file")
+        return [path.read_text(encoding="utf-8")], str(path)
+    heldout = Path(base.path) / GENERAL_HELDOUT_FILE
+    if heldout.is_file():
+        return [heldout.read_text(encoding="utf-8")], str(heldout)
+    return stdlib_docstrings(STDLIB_GENERAL_CHARS), "python standard library docstrings"
+
+
+def source_chunks(chunks_path: Path, chunk_ids: list[str]) -> list[str]:
+    texts = pd.read_parquet(chunks_file(chunks_path), columns=["chunk_id", "text"]).set_index("chunk_id")[
+        "text"
+    ]
+    return [texts[chunk_id] for chunk_id in chunk_ids]
 
 
 def token_ids(tokenizer, texts: list[str], limit: int | None) -> torch.Tensor:
@@ -113,22 +146,40 @@ def evaluate_models(
     qa = read_qa(qa_path, "eval")
     qa = qa.select(range(min(len(qa), settings.max_questions or len(qa))))
     questions, references = list(qa["question"]), list(qa["answer"])
+    general, general_source = general_text(settings, base)
+    general_ids = token_ids(tokenizer, general, settings.max_general_tokens)
     model = load_adapted_model(base, model_settings, {"pretrain": pretrain_adapter, "sft": sft_adapter})
 
-    perplexity = {}
+    def ppl(token_ids_: torch.Tensor) -> float:
+        return sliding_window_perplexity(model, token_ids_, settings.ppl_window, settings.ppl_stride)
+
+    perplexity, general_ppl = {}, {}
     with model.disable_adapter():
-        perplexity["base"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+        perplexity["base"], general_ppl["base"] = ppl(ids), ppl(general_ids)
         base_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
     _use(model, ["pretrain"])
-    perplexity["pretrained"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+    perplexity["pretrained"] = ppl(ids)
     _use(model, ["pretrain", "sft"])
-    perplexity["sft"] = sliding_window_perplexity(model, ids, settings.ppl_window, settings.ppl_stride)
+    perplexity["sft"], general_ppl["tuned"] = ppl(ids), ppl(general_ids)
     tuned_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
 
     scores = {
         "base": rouge(base_answers, references, settings.rouge_use_stemmer),
         "sft": rouge(tuned_answers, references, settings.rouge_use_stemmer),
     }
+    ratio = general_ppl["tuned"] / general_ppl["base"]
+    forgetting = {
+        **general_ppl,
+        "ratio": ratio,
+        "max_ratio": settings.max_forgetting_ratio,
+        "passed": ratio <= settings.max_forgetting_ratio,
+        "source": general_source,
+        "tokens": len(general_ids),
+    }
+    answers = {"base": base_answers, "sft": tuned_answers}
+    answer_figures = score_answers(
+        questions, answers, references, source_chunks(chunks_path, list(qa["chunk_id"])), settings
+    )
     generations = [
         Generation(
             question=row["question"],
@@ -140,17 +191,43 @@ def evaluate_models(
         )
         for row, base_answer, tuned_answer in zip(qa, base_answers, tuned_answers, strict=True)
     ]
+    extra = {"forgetting": forgetting, **answer_figures}
     return _publish(
-        perplexity, scores, generations, len(texts), len(ids), out_root, time.perf_counter() - started
+        perplexity, scores, extra, generations, len(texts), len(ids), out_root, time.perf_counter() - started
     )
 
 
+def score_answers(
+    questions: list[str],
+    answers: dict[str, list[str]],
+    references: list[str],
+    chunks: list[str],
+    settings: EvaluateSettings,
+) -> dict[str, dict]:
+    """Semantic similarity to the reference, per-fact recall and error analysis, per model."""
+    from docqa.synthesis.quality import load_embedder  # sentence-transformers: seconds to import
+
+    embedder = load_embedder()
+    figures: dict[str, dict] = {"semantic_similarity": {}, "recall": {}, "errors": {}}
+    for name, given in answers.items():
+        to_reference = embedder.similarities(given, references)
+        to_chunk = embedder.passage_similarities(given, chunks)
+        figures["semantic_similarity"][name] = sum(to_reference) / len(to_reference)
+        figures["recall"][name] = recall_summary(given, references, settings.recall_threshold).model_dump()
+        figures["errors"][name] = answer_errors(
+            questions, given, references, to_chunk,
+            settings.long_answer_ratio, settings.max_repetition, settings.min_chunk_similarity,
+        )  # fmt: skip
+    return figures
+
+
 def _publish(
-    perplexity, scores, generations, n_documents, n_tokens, out_root: Path, seconds: float
+    perplexity, scores, extra, generations, n_documents, n_tokens, out_root: Path, seconds: float
 ) -> EvalOutput:
     metrics = {
         "perplexity": perplexity,
         "rouge": scores,
+        **extra,
         "eval_documents": n_documents,
         "eval_tokens": n_tokens,
         "eval_questions": len(generations),

@@ -15,11 +15,15 @@ from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
+    checkpoint_step,
     final_eval_loss,
+    load_trainable_adapter,
+    prepare_resume,
     publish_adapter,
+    remove_checkpoints,
     run_training,
-    scratch_dir,
     trainer_arguments,
+    training_dir,
 )
 
 ADAPTER_NAME = "pretrain"
@@ -49,8 +53,12 @@ def pretrain(
     settings: PretrainSettings,
     out_root: Path,
     on_log: StepLogger | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainOutput:
-    """Train the ``pretrain`` LoRA adapter on the 4-bit base; returns where it was saved."""
+    """Train the ``pretrain`` LoRA adapter on the 4-bit base; returns where it was saved.
+
+    Checkpoints go to ``checkpoint_dir`` every ``save_steps``; a later call with the same folder goes on
+    from the last complete one, and the folder is removed once the adapter is published."""
     tokenizer = load_tokenizer(base.path, model_settings.revision)
     train_blocks = pack_blocks(
         list(read_chunks(chunks_path, "train")["text"]), tokenizer, settings.block_size
@@ -64,7 +72,8 @@ def pretrain(
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
 
     model = pretrain_model(base, model_settings, settings)
-    with scratch_dir(out_root) as work_dir:
+    with training_dir(checkpoint_dir, out_root) as work_dir:
+        resume_from = prepare_resume(work_dir, ADAPTER_NAME)
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0)),
@@ -72,7 +81,8 @@ def pretrain(
             eval_dataset=eval_blocks if len(eval_blocks) else None,
             data_collator=default_data_collator,
         )
-        history, train_loss, seconds = run_training(trainer, on_log)
+        load_trainable_adapter(trainer, ADAPTER_NAME)
+        history, train_loss, seconds = run_training(trainer, on_log, resume_from)
     eval_loss = final_eval_loss(history)
     metrics = {
         "trainable_parameters": count_trainable(model),
@@ -83,6 +93,8 @@ def pretrain(
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
         "seconds": seconds,
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from is not None else None,
     }
     folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, history, metrics)
+    remove_checkpoints(checkpoint_dir)
     return TrainOutput.from_metrics(folder, digest, metrics)

@@ -22,11 +22,15 @@ from docqa.settings import ModelSettings, SFTSettings
 from docqa.stages.synthesize import read_qa
 from docqa.training import (
     StepLogger,
+    checkpoint_step,
     final_eval_loss,
+    load_trainable_adapter,
+    prepare_resume,
     publish_adapter,
+    remove_checkpoints,
     run_training,
-    scratch_dir,
     trainer_arguments,
+    training_dir,
 )
 
 ADAPTER_NAME = "sft"
@@ -72,9 +76,11 @@ def sft_trainer(
         completion_only_loss=True,
         packing=False,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )
+    load_trainable_adapter(trainer, ADAPTER_NAME)  # a resume restores the sft adapter only
+    return trainer
 
 
 def sft(
@@ -85,6 +91,7 @@ def sft(
     settings: SFTSettings,
     out_root: Path,
     on_log: StepLogger | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainOutput:
     tokenizer = load_tokenizer(base.path, model_settings.revision)
     train = sft_dataset(read_qa(qa_path, "train"), tokenizer, model_settings)
@@ -93,9 +100,10 @@ def sft(
     evaluation = sft_dataset(eval_rows, tokenizer, model_settings) if len(eval_rows) else None
 
     model = sft_model(base, pretrain_adapter, model_settings, settings)
-    with scratch_dir(out_root) as work_dir:
+    with training_dir(checkpoint_dir, out_root) as work_dir:
+        resume_from = prepare_resume(work_dir, ADAPTER_NAME)
         trainer = sft_trainer(model, tokenizer, train, evaluation, settings, work_dir)
-        history, train_loss, seconds = run_training(trainer, on_log)
+        history, train_loss, seconds = run_training(trainer, on_log, resume_from)
     metrics = {
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
@@ -104,6 +112,8 @@ def sft(
         "train_loss": train_loss,
         "eval_loss": final_eval_loss(history),
         "seconds": seconds,
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from is not None else None,
     }
     folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, history, metrics)
+    remove_checkpoints(checkpoint_dir)
     return TrainOutput.from_metrics(folder, digest, metrics)
