@@ -32,6 +32,8 @@ bench: setup  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python bench/pipeline_cache.py
 	$(BIN)/python bench/parsing_recovery.py
 	$(BIN)/python bench/synthesis_concurrency.py
+	$(BIN)/python bench/flaky_server_run.py
+	$(BIN)/python bench/generation_batching.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache
