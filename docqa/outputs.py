@@ -188,6 +188,7 @@ class EvalOutput(StageOutput):
     semantic_similarity: dict[str, float]  # base, sft
     recall: dict[str, dict[str, Any]]  # base, sft: recalled, mean_recall, scored, unscored
     errors: dict[str, dict[str, dict]]  # base, sft: kind -> count, examples
+    llm_judge: dict[str, Any] | None = None  # base, sft mean 1-5 scores, unscored, judge; when asked for
     eval_documents: int
     eval_tokens: int
     eval_questions: int

@@ -186,6 +186,8 @@ class StageRecorder:
         self.report.metrics["perplexity"] = output.perplexity
         self.report.metrics["rouge"] = output.rouge
         self.report.metrics["forgetting"] = output.forgetting
+        if output.llm_judge is not None:
+            self.report.metrics["llm_judge"] = output.llm_judge
         self.report.metrics["semantic_similarity"] = output.semantic_similarity
         self.report.metrics["recall"] = output.recall
         self.report.metrics["errors"] = {
@@ -222,6 +224,10 @@ def evaluation_metrics(output: EvalOutput) -> dict[str, float]:
     for state in ("base", "tuned"):
         metrics[f"general_perplexity_{state}"] = output.forgetting[state]
     metrics["forgetting_ratio"] = output.forgetting["ratio"]
+    if output.llm_judge is not None:
+        metrics.update(
+            {f"llm_judge_{s}": output.llm_judge[s] for s in ("base", "sft") if output.llm_judge[s]}
+        )
     for state in output.recall:
         metrics[f"fact_recall_{state}"] = output.recall[state]["recalled"]
         metrics[f"mean_fact_recall_{state}"] = output.recall[state]["mean_recall"]

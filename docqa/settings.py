@@ -330,6 +330,11 @@ class EvaluateSettings(_Settings):
     max_repetition: float = Field(
         0.5, ge=0, le=1, description="share of repeated word 3-grams called repetitive"
     )
+    llm_judge: bool = Field(
+        False,
+        description="also score each answer 1-5 with the synthesis LLM (synthesize.backend openai or "
+        "transformers); reported as llm_judge, an opinion of a model, not a ground truth",
+    )
     min_chunk_similarity: float = Field(
         0.2,
         ge=-1,
@@ -375,6 +380,8 @@ class Recipe(_Settings):
                         f"{label}={length} exceeds the bootstrap base's context "
                         f"model.bootstrap.max_position_embeddings={limit}"
                     )
+        if self.evaluate.llm_judge and self.synthesize.backend == "extractive":
+            problems.append("evaluate.llm_judge needs synthesize.backend openai or transformers (the judge)")
         return problems
 
 

@@ -277,6 +277,7 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         model=recipe.model,
         settings=recipe.evaluate,
         workspace=ws,
+        judge=recipe.synthesize if recipe.evaluate.llm_judge else None,
     )
     tokenizer_dir = Path(base.path) if base.source != "hub" else None
     record_parent(run.tracker, run.report, pretrained, tuned, evaluation, tokenizer_dir)

@@ -170,6 +170,7 @@ def evaluate_task(
     model: ModelSettings,
     settings: EvaluateSettings,
     workspace: str,
+    judge: SynthesizeSettings | None = None,
 ) -> EvalOutput:
     """Perplexity and ROUGE on held-out documents, base vs adapted."""
     from docqa.stages.evaluate import evaluate_models
@@ -184,4 +185,5 @@ def evaluate_task(
         model,
         settings,
         Path(workspace) / "evaluate",
+        judge,
     )

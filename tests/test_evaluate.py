@@ -123,3 +123,32 @@ def test_the_forgetting_gate_reads_a_configured_general_text_and_can_fail(traine
         recipe.model, settings, tmp_path / "evaluate",
     )  # fmt: skip
     assert out.forgetting["source"] == str(general) and out.forgetting["passed"] is False
+
+
+def test_the_optional_llm_judge_scores_both_models_answers_and_is_labelled(trained, tiny_base, tmp_path):
+    from conftest import openai_settings
+
+    from bench.openai_stub import StubServer, chat_response
+
+    def judge(body: dict) -> tuple[int, str]:
+        answer = body["messages"][-1]["content"].split("Answer: ", 1)[1].split("\n", 1)[0]
+        return 200, chat_response(json.dumps({"score": 1 if not answer.strip() else 3}))
+
+    recipe = trained["recipe"]
+    settings = recipe.evaluate.model_copy(update={"llm_judge": True})
+    with StubServer(judge) as server:
+        out = evaluate_models(
+            Path(trained["ingest"].path), Path(trained["chunks"].path), Path(trained["qa"].path),
+            Path(trained["pretrained"].adapter_path), Path(trained["tuned"].adapter_path), tiny_base,
+            recipe.model, settings, tmp_path / "evaluate", openai_settings(server.base_url),
+        )  # fmt: skip
+    judged = out.llm_judge
+    assert len(server.requests) == 2 * out.eval_questions and "not a ground truth" in judged["label"]
+    for name in ("base", "sft"):
+        assert 1 <= judged[name] <= 3 and judged[f"{name}_unscored"] == 0
+    with pytest.raises(ValueError, match="llm_judge needs an LLM synthesis backend"):
+        evaluate_models(
+            Path(trained["ingest"].path), Path(trained["chunks"].path), Path(trained["qa"].path),
+            Path(trained["pretrained"].adapter_path), Path(trained["tuned"].adapter_path), tiny_base,
+            recipe.model, settings, tmp_path / "evaluate",
+        )  # fmt: skip

@@ -30,7 +30,7 @@ from docqa.outputs import (
     read_document_chunks,
 )
 from docqa.prompting import encode_prompts
-from docqa.settings import EvaluateSettings, ModelSettings
+from docqa.settings import EvaluateSettings, ModelSettings, SynthesizeSettings
 from docqa.stages.ingest import read_documents
 from docqa.stages.synthesize import read_qa
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
@@ -138,8 +138,15 @@ def evaluate_models(
     model_settings: ModelSettings,
     settings: EvaluateSettings,
     out_root: Path,
+    judge_settings: SynthesizeSettings | None = None,
 ) -> EvalOutput:
+    """``judge_settings``: the synthesis backend that scores answers when ``settings.llm_judge``."""
     started = time.perf_counter()
+    if settings.llm_judge and (judge_settings is None or judge_settings.backend == "extractive"):
+        raise ValueError(
+            "evaluate.llm_judge needs an LLM synthesis backend: set synthesize.backend=openai (with base_url "
+            "and model) or synthesize.backend=transformers"
+        )
     tokenizer = load_tokenizer(base.path, model_settings.revision)
     texts = heldout_text(ingest_path, chunks_path)
     ids = token_ids(tokenizer, texts, settings.max_ppl_tokens)
@@ -192,6 +199,9 @@ def evaluate_models(
         for row, base_answer, tuned_answer in zip(qa, base_answers, tuned_answers, strict=True)
     ]
     extra = {"forgetting": forgetting, **answer_figures}
+    if settings.llm_judge:
+        chunk_texts = source_chunks(chunks_path, list(qa["chunk_id"]))
+        extra["llm_judge"] = judge_answers(questions, answers, chunk_texts, judge_settings)
     return _publish(
         perplexity, scores, extra, generations, len(texts), len(ids), out_root, time.perf_counter() - started
     )
@@ -218,6 +228,29 @@ def score_answers(
             questions, given, references, to_chunk,
             settings.long_answer_ratio, settings.max_repetition, settings.min_chunk_similarity,
         )  # fmt: skip
+    return figures
+
+
+def judge_answers(
+    questions: list[str],
+    answers: dict[str, list[str]],
+    passages: list[str],
+    judge_settings: SynthesizeSettings,
+) -> dict:
+    """Mean 1-5 score per model from the synthesis LLM: a model's opinion, labelled as such."""
+    from docqa.synthesis import make_chat_client
+    from docqa.synthesis.llm import JudgeItem, judge_pairs
+
+    client = make_chat_client(judge_settings)
+    figures: dict = {"judge": client.identity(), "label": "LLM-as-judge, 1-5: an opinion, not a ground truth"}
+    for name, given in answers.items():
+        items = [
+            JudgeItem(item_id=str(i), question=q, answer=a, passage=p)
+            for i, (q, a, p) in enumerate(zip(questions, given, passages, strict=True))
+        ]
+        scores = [v.score for v in judge_pairs(client, items) if v.score is not None]
+        figures[name] = sum(scores) / len(scores) if scores else None
+        figures[f"{name}_unscored"] = len(items) - len(scores)
     return figures
 
 
