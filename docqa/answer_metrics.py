@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from docqa.synthesis.quality import content_words, is_repetitive, words
+from docqa.synthesis.quality import content_words, is_repetitive, stem, words
 
-STEM_CHARS = 5
 MAX_EXAMPLES = 3
 ERROR_KINDS = ("empty", "too_long", "repetitive", "unrelated")
 
 
 def _terms(text: str) -> set[str]:
-    return {w[:STEM_CHARS] if w.isalpha() else w for w in content_words(text)}
+    return {stem(w) or w for w in content_words(text)}
 
 
 def fact_recall(answer: str, reference: str) -> float | None:

@@ -48,7 +48,7 @@ def review_markdown(qa_path: Path, n: int) -> str:
         "| document | split | chunks | chunks with pairs | pairs |",
         "|---|---|---|---|---|",
         *(
-            f"| {_cell(doc['doc_title'] or doc_id)} | {doc['split']} | {doc['chunks']} | "
+            f"| {markdown_cell(doc['doc_title'] or doc_id)} | {doc['split']} | {doc['chunks']} | "
             f"{doc['chunks_with_pairs']} | {doc['pairs']} |"
             for doc_id, doc in summary["per_document"].items()
         ),
@@ -59,10 +59,14 @@ def review_markdown(qa_path: Path, n: int) -> str:
         "|---|---|---|---|",
     ]
     for row in review_sample(Path(qa_path), n):
-        source = f"{_cell(row['doc_title'] or row['doc_id'])}, p. {row['page_start']}–{row['page_end']}"
-        lines.append(f"| {_cell(row['question'])} | {_cell(row['answer'])} | {source} | {row['split']} |")
+        source = (
+            f"{markdown_cell(row['doc_title'] or row['doc_id'])}, p. {row['page_start']}–{row['page_end']}"
+        )
+        cells = (markdown_cell(row["question"]), markdown_cell(row["answer"]), source, row["split"])
+        lines.append("| " + " | ".join(cells) + " |")
     return redact("\n".join(lines))
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split())[:CELL_CHARS].replace("|", "\\|")
+def markdown_cell(text: str, limit: int = CELL_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters, with its pipes escaped for a Markdown table."""
+    return " ".join(str(text).split())[:limit].replace("|", "\\|")

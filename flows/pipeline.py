@@ -22,7 +22,7 @@ from docqa.hashing import fingerprint_files
 from docqa.outputs import EvalOutput, SynthesizeOutput, read_generations
 from docqa.records import StageRecorder, record_parent
 from docqa.report import RunReport
-from docqa.review import review_markdown
+from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
 from docqa.secrets import redact
 from docqa.settings import (
@@ -327,11 +327,7 @@ def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: in
     lines = ["| question | reference | base | tuned |", "|---|---|---|---|"]
     for g in samples:
         cells = [g.question, g.reference, g.base_answer, g.tuned_answer]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c, SAMPLE_GENERATION_CHARS) for c in cells) + " |")
     create_markdown_artifact(
         key="docqa-generations", markdown=redact("\n".join(lines)), description="Sample generations"
     )
-
-
-def _cell(text: str) -> str:
-    return text[:SAMPLE_GENERATION_CHARS].replace("|", "\\|").replace("\n", " ")

@@ -184,9 +184,8 @@ def evaluate_models(
         "tokens": len(general_ids),
     }
     answers = {"base": base_answers, "sft": tuned_answers}
-    answer_figures = score_answers(
-        questions, answers, references, source_chunks(chunks_path, list(qa["chunk_id"])), settings
-    )
+    chunk_texts = source_chunks(chunks_path, list(qa["chunk_id"]))
+    answer_figures = score_answers(questions, answers, references, chunk_texts, settings)
     generations = [
         Generation(
             question=row["question"],
@@ -200,7 +199,6 @@ def evaluate_models(
     ]
     extra = {"forgetting": forgetting, **answer_figures}
     if settings.llm_judge:
-        chunk_texts = source_chunks(chunks_path, list(qa["chunk_id"]))
         extra["llm_judge"] = judge_answers(questions, answers, chunk_texts, judge_settings)
     return _publish(
         perplexity, scores, extra, generations, len(texts), len(ids), out_root, time.perf_counter() - started

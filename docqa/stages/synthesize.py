@@ -170,9 +170,11 @@ def synthesize_qa(
             raise ValueError("synthesize.judge needs the chat client of an LLM backend")
         judged = judge(candidates, reasons, client, store, settings.judge_min_score)
         reasons = judged.reasons
+    replies = [_reply_record(key, result) for result in results.values()]
+    reply_of = {reply["chunk_id"]: reply["reply_id"] for reply in replies}
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     rows = [
-        _row(pair, chunk, identity, reply_id(key, results[chunk["chunk_id"]]))
+        _row(pair, chunk, identity, reply_of[chunk["chunk_id"]])
         for chunk, pair in (candidates[i] for i in kept)
     ]
     contamination = decontaminate_rows(rows, chunks, settings.decontamination_ngram)
@@ -187,7 +189,7 @@ def synthesize_qa(
         "eval_pairs_removed": len(contamination.removed_indices),
     }
     report = contamination_report(contamination)
-    output = publish(rows, results, summary, accounting, report, judged, key, out_root, requested)
+    output = publish(rows, replies, summary, accounting, report, judged, out_root, requested)
     check_usable(summary, settings, Path(output.path))
     return output
 
@@ -575,12 +577,11 @@ def _jsonl(records: list[dict]) -> str:
 
 def publish(
     rows: list[dict],
-    results: dict[str, ChunkResult],
+    replies: list[dict],
     summary: dict,
     accounting: list[dict],
     contamination: dict,
     judged: Judged | None,
-    key: str,
     out_root: Path,
     requested: int,
 ) -> SynthesizeOutput:
@@ -593,7 +594,7 @@ def publish(
         columns = {name: [row[name] for row in split_rows] for name in QA_COLUMNS}  # from_list refuses []
         dataset = datasets.Dataset.from_dict(columns, features=QA_FEATURES)
         dataset.to_parquet(str(qa_file(tmp, split)))
-    write_text_atomic(tmp / "raw_replies.jsonl", _jsonl([_reply_record(key, r) for r in results.values()]))
+    write_text_atomic(tmp / "raw_replies.jsonl", _jsonl(replies))
     if judged is not None:
         write_text_atomic(tmp / "judge_replies.jsonl", _jsonl([v.model_dump() for v in judged.verdicts]))
     write_text_atomic(tmp / "chunk_accounting.jsonl", _jsonl(accounting))

@@ -222,13 +222,14 @@ class _ChunkVocabulary:
     stems: frozenset[str]
 
 
-def _stem(word: str) -> str | None:
+def stem(word: str) -> str | None:
+    """The first :data:`STEM_CHARS` letters of an alphabetic word that long, else None."""
     return word[:STEM_CHARS] if word.isalpha() and len(word) >= STEM_CHARS else None
 
 
 def _vocabulary(text: str) -> _ChunkVocabulary:
     tokens = frozenset(words(text))
-    return _ChunkVocabulary(tokens, frozenset(s for s in map(_stem, tokens) if s is not None))
+    return _ChunkVocabulary(tokens, frozenset(s for s in map(stem, tokens) if s is not None))
 
 
 def answer_overlap(answer: str, vocabulary: _ChunkVocabulary) -> float:
@@ -241,7 +242,7 @@ def answer_overlap(answer: str, vocabulary: _ChunkVocabulary) -> float:
     answer_words = content_words(answer)
     if not answer_words:
         return 0.0
-    found = sum(w in vocabulary.words or _stem(w) in vocabulary.stems for w in answer_words)
+    found = sum(w in vocabulary.words or stem(w) in vocabulary.stems for w in answer_words)
     return found / len(answer_words)
 
 
