@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,19 @@ class TrainOutput(StageOutput):
     eval_loss: float | None
     seconds: float
     resumed_from_step: int | None = None  # training went on from this checkpoint (a killed run)
+    selected_step: int | None = None  # the step whose weights were published (train.select_checkpoint)
 
     @classmethod
     def from_metrics(cls, folder: Path, digest: str, metrics: dict[str, Any]) -> TrainOutput:
         fields = {k: metrics[k] for k in cls.model_fields if k in metrics}
         return cls(path=str(folder), digest=digest, adapter_path=str(folder / ADAPTER_DIR), **fields)
+
+
+def with_perplexity(values: dict[str, float]) -> dict[str, float]:
+    """Adds ``eval_perplexity`` (exp of the held-out eval loss) to a log line that has ``eval_loss``."""
+    if "eval_loss" in values:
+        values = {**values, "eval_perplexity": math.exp(min(values["eval_loss"], 50.0))}
+    return values
 
 
 def read_log_history(stage_path: Path) -> list[dict]:

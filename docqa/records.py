@@ -164,6 +164,7 @@ class StageRecorder:
             "eval_loss": None if output.eval_loss is None else round(output.eval_loss, 4),
             "trainable": output.trainable_parameters,
             "tokens": output.train_tokens,
+            "selected_step": output.selected_step,
         }
         self.tracker.log_metrics(run_id, {f"final_{k}": v for k, v in figures.items()})
         self.tracker.log_figure(run_id, loss_figure({stage: history}), f"{stage}_loss.png")
@@ -171,6 +172,7 @@ class StageRecorder:
         self.report.outputs[f"{stage}_adapter"] = output.adapter_path
         # a cached output was trained (and maybe resumed) by an earlier run, not by this one
         self.report.stages[stage].resumed_from_step = None if cached else output.resumed_from_step
+        self.report.stages[stage].selected_step = output.selected_step
         if output.resumed_from_step is not None and not cached:
             self.tracker.set_tags(run_id, {"docqa.resumed_from_step": output.resumed_from_step})
         return figures

@@ -26,6 +26,7 @@ class StageReport(BaseModel):
     error: str | None = None
     mlflow_run_id: str | None = None
     resumed_from_step: int | None = None  # training stages: went on from this checkpoint's step
+    selected_step: int | None = None  # training stages: the step whose adapter was published
 
 
 class DocumentReport(BaseModel):

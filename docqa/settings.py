@@ -279,6 +279,12 @@ class TrainSettings(_Settings):
     optim: str = Field(
         "adamw_torch", description="a transformers optimizer name, e.g. paged_adamw_8bit on GPU"
     )
+    select_checkpoint: Literal["last", "eval_loss"] = Field(
+        "last",
+        description="the adapter published: 'last' (the final step) or 'eval_loss' (the evaluation with the "
+        "lowest loss on held-out documents; evaluate then reports optimistic held-out figures, since the "
+        "same documents chose the step)",
+    )
 
 
 class PretrainSettings(TrainSettings):
@@ -290,8 +296,15 @@ class PretrainSettings(TrainSettings):
 class SFTSettings(TrainSettings):
     """Supervised fine-tuning on the training Q&A, loss on answers only, on top of the pretraining adapter."""
 
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(
+        256, ge=16, description="longer examples are cut; with packing, the row length"
+    )
     epochs: float = Field(2.0, gt=0)
+    packing: bool = Field(
+        True,
+        description="pack examples into rows of max_seq_length without padding (best-fit decreasing), "
+        "attention kept inside each example by position ids; false: one example per row, right-padded",
+    )
 
 
 class EvaluateSettings(_Settings):

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from docqa.outputs import with_perplexity
 from docqa.secrets import redact
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -92,7 +93,7 @@ class Tracker:
         """Replay a saved trainer log history (a cached stage's curves)."""
         for row in history:
             numeric = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
-            self.log_metrics(run_id, numeric, step=int(row.get("step", 0)))
+            self.log_metrics(run_id, with_perplexity(numeric), step=int(row.get("step", 0)))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)

@@ -10,17 +10,18 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
 from docqa.hashing import tree_digest
-from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE
+from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE, with_perplexity
 from docqa.settings import TrainSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
@@ -65,9 +66,57 @@ class StepLogCallback(TrainerCallback):
         self.step_logger = step_logger
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
-        if numeric:
+        numeric = with_perplexity(
+            {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+        )
+        if numeric and state.is_world_process_zero:
             self.step_logger(numeric, state.global_step)
+
+
+BEST_FILE = "best.json"
+
+
+class BestAdapter(TrainerCallback):
+    """Keeps, on disk, the trained adapter's weights from the evaluation with the lowest eval loss.
+
+    ``Trainer``'s own ``load_best_model_at_end`` only knows steps that were also checkpoints and, with
+    stacked adapters, reloads the wrong one; this copies the one trainable adapter (a few MB) whenever
+    the held-out loss improves. The copy sits in the training folder, so a resumed run keeps it, unless
+    it is from a step after the checkpoint resumed from (that stretch is trained again)."""
+
+    def __init__(self, model: PeftModel, adapter_name: str, folder: Path, resume_step: int | None):
+        self.model, self.adapter_name, self.folder = model, adapter_name, folder
+        path = folder / BEST_FILE
+        self.best = json.loads(path.read_text()) if path.is_file() else None
+        if self.best is not None and self.best["step"] > (resume_step or 0):
+            self.best = None
+            path.unlink()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or (self.best is not None and loss >= self.best["eval_loss"]):
+            return
+        weights_file = f"best-{state.global_step}.safetensors"
+        if state.is_world_process_zero:
+            weights = get_peft_model_state_dict(self.model, adapter_name=self.adapter_name)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in weights.items()}, self.folder / weights_file
+            )
+            write_json_atomic(
+                self.folder / BEST_FILE, {"step": state.global_step, "eval_loss": loss, "file": weights_file}
+            )
+            for old in self.folder.glob("best-*.safetensors"):
+                if old.name != weights_file:
+                    old.unlink()
+        self.best = {"step": state.global_step, "eval_loss": loss, "file": weights_file}
+
+    def restore(self) -> int | None:
+        """Put the best weights into the model; returns their step (None: no evaluation ran)."""
+        if self.best is None:
+            return None
+        weights = load_file(str(self.folder / self.best["file"]))
+        set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
+        return int(self.best["step"])
 
 
 @contextmanager
@@ -191,26 +240,74 @@ def final_eval_loss(history: list[dict]) -> float | None:
     return evals[-1] if evals else None
 
 
-def run_training(
-    trainer: Trainer, on_log: StepLogger | None, resume_from: Path | None = None
-) -> tuple[list[dict], float, float]:
-    """Train (and evaluate once more at the end); returns (log history, mean train loss, seconds).
+def mean_train_loss(history: list[dict], resume_step: int, loss_since_resume: float, steps: int) -> float:
+    """The mean training loss over all ``steps``: ``Trainer``'s ``training_loss`` covers only the steps
+    of its own call, so after a resume the steps before it come from the logged losses (each the
+    mean over its logging interval, weighted by the interval's length)."""
+    if not resume_step or steps <= resume_step:
+        return loss_since_resume
+    total, previous = 0.0, 0
+    for row in sorted(
+        (r for r in history if "loss" in r and r["step"] <= resume_step), key=lambda r: r["step"]
+    ):
+        total += row["loss"] * (row["step"] - previous)
+        previous = row["step"]
+    before = total / previous if previous else loss_since_resume
+    return (before * resume_step + loss_since_resume * (steps - resume_step)) / steps
 
-    With ``resume_from`` training goes on from that checkpoint (weights, optimizer, scheduler, RNG,
-    data position); its log history is complete from step 1 and is replayed to ``on_log`` first, so
-    the live step log holds every step too."""
+
+@dataclass
+class TrainingRun:
+    history: list[dict]
+    train_loss: float
+    seconds: float
+    resumed_from_step: int | None
+    selected_step: int  # the step whose adapter weights the model holds now
+    eval_loss: float | None  # held-out loss of those weights (None: no held-out rows)
+
+
+def run_training(
+    trainer: Trainer,
+    on_log: StepLogger | None,
+    adapter_name: str,
+    work_dir: Path,
+    select: str = "last",
+) -> TrainingRun:
+    """Train from the last complete checkpoint in ``work_dir`` (or from scratch), evaluate once more at
+    the end, and leave the model holding the selected weights: the last step's, or with ``select``
+    ``eval_loss`` those of the evaluation with the lowest held-out loss.
+
+    A resume goes on from the checkpoint's weights, optimizer, scheduler, RNG and data position; its
+    log history is complete from step 1 and is replayed to ``on_log`` first, so that the live step log
+    holds every step too."""
+    resume_from = prepare_resume(work_dir, adapter_name)
+    resume_step = checkpoint_step(resume_from) if resume_from is not None else None
+    load_trainable_adapter(trainer, adapter_name)
+    best = BestAdapter(trainer.model, adapter_name, work_dir, resume_step)
+    trainer.add_callback(best)
     if on_log is not None:
-        if resume_from is not None:
+        if resume_from is not None and trainer.is_world_process_zero():
             for row in json.loads((resume_from / "trainer_state.json").read_text())["log_history"]:
                 values = {k: float(v) for k, v in row.items() if k != "step" and isinstance(v, int | float)}
                 if values:
-                    on_log(values, int(row["step"]))
+                    on_log(with_perplexity(values), int(row["step"]))
         trainer.add_callback(StepLogCallback(on_log))
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     if trainer.eval_dataset is not None:
         trainer.evaluate()
-    return trainer.state.log_history, result.training_loss, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    steps = trainer.state.global_step
+    selected = best.restore() if select == "eval_loss" else None
+    history = trainer.state.log_history
+    return TrainingRun(
+        history=history,
+        train_loss=mean_train_loss(history, resume_step or 0, result.training_loss, steps),
+        seconds=seconds,
+        resumed_from_step=resume_step,
+        selected_step=selected if selected is not None else steps,
+        eval_loss=best.best["eval_loss"] if selected is not None else final_eval_loss(history),
+    )
 
 
 @contextmanager
@@ -243,3 +340,38 @@ def publish_adapter(
     digest = tree_digest(tmp / ADAPTER_DIR)
     final = publish_dir(tmp, out_root / digest[:16])
     return final, digest
+
+
+LEAK_TOLERANCE = 1e-2  # relative logit difference; a real leak is of order 1, bf16 rounding of order 1e-3
+
+
+def packed_attention_leak(model: torch.nn.Module, lengths: tuple[int, ...] = (7, 11, 5)) -> float:
+    """How much packed examples see of each other: the largest difference between each example's
+    logits run alone and run packed into one row the way SFT's padding-free collator packs it
+    (position ids restarting at 0, no attention mask, sequence boundaries, no KV cache, as TRL's
+    ``compute_loss`` runs it), relative to the largest logit.
+
+    Zero (up to rounding) where the attention implementation keeps each example to itself:
+    transformers' SDPA and eager masks read the boundaries from the position ids, flash-attention
+    from the sequence boundaries. An implementation that ignores both lets later examples attend to
+    earlier ones and shows a difference of order 1 (as does a forward with a KV cache: transformers
+    then skips the position-id masks)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    generator = torch.Generator().manual_seed(0)
+    examples = [torch.randint(3, model.config.vocab_size, (n,), generator=generator) for n in lengths]
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    packed = collate([{"input_ids": torch.cat(examples).tolist(), "seq_lengths": list(lengths)}])
+    packed.pop("labels")
+    where = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone = torch.cat(
+            [model(input_ids=e[None].to(where), use_cache=False).logits[0].float() for e in examples]
+        )
+        inputs = {k: v.to(where) if torch.is_tensor(v) else v for k, v in packed.items()}
+        together = model(**inputs, use_cache=False)
+    model.train(was_training)
+    gap = (together.logits[0].float() - alone).abs().max()
+    return float(gap / alone.abs().max().clamp_min(1e-6))

@@ -29,6 +29,7 @@ import json, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
 import docqa.stages.pretrain as stage
+import docqa.training as training
 from docqa.outputs import BaseModelRef
 from docqa.settings import ModelSettings, PretrainSettings
 
@@ -41,7 +42,7 @@ class HangAfter(TrainerCallback):
             time.sleep(600)
 
 
-prepare = stage.load_trainable_adapter
+prepare = training.load_trainable_adapter
 
 
 def prepare_and_hang(trainer, adapter_name):
@@ -49,7 +50,7 @@ def prepare_and_hang(trainer, adapter_name):
     trainer.add_callback(HangAfter())
 
 
-stage.load_trainable_adapter = prepare_and_hang
+training.load_trainable_adapter = prepare_and_hang
 stage.pretrain(
     Path(args["chunks"]), BaseModelRef(**args["base"]), ModelSettings(**args["model"]),
     PretrainSettings(**args["settings"]), Path(args["out_root"]), checkpoint_dir=Path(args["checkpoints"]),
@@ -129,6 +130,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(prepared, tiny_base, tmp_
     # position all came back
     straight = _pretrain(prepared, tiny_base, tmp_path / "straight")
     assert straight.resumed_from_step is None
+    # the mean loss covers every step, not only those after the resume
+    assert out.train_loss == pytest.approx(straight.train_loss, rel=1e-3)
     resumed_weights = load_file(str(Path(out.adapter_path) / "adapter_model.safetensors"))
     straight_weights = load_file(str(Path(straight.adapter_path) / "adapter_model.safetensors"))
     assert resumed_weights.keys() == straight_weights.keys()

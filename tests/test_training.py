@@ -10,13 +10,15 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 from safetensors.torch import load_file
+from transformers import masking_utils
 
-from docqa.modeling import load_adapted_model, load_tokenizer
+from docqa.modeling import load_adapted_model, load_base_model, load_tokenizer
 from docqa.outputs import LOG_HISTORY_FILE
-from docqa.stages.pretrain import pack_blocks, pretrain_model
-from docqa.stages.sft import sft_dataset, sft_model, sft_trainer
+from docqa.stages.chunk import read_chunks
+from docqa.stages.pretrain import pack_blocks, pretrain, pretrain_model
+from docqa.stages.sft import sft, sft_dataset, sft_model, sft_trainer
 from docqa.stages.synthesize import read_qa
-from docqa.training import scratch_dir
+from docqa.training import packed_attention_leak, scratch_dir
 
 
 def test_pack_blocks_fills_every_block_and_separates_texts(tiny_base):
@@ -58,6 +60,7 @@ def test_an_evaluation_pass_does_not_change_the_gradients_of_later_training(prep
     """bitsandbytes repacks 4-bit weights for CPU inference in eval mode and then multiplies through a
     kernel without autograd; a model being trained must keep getting true gradients after evaluating."""
     recipe = prepared["recipe"]
+    # a learning rate far too high: the held-out loss improves once, then the adapter overshoots
     settings = recipe.pretrain.model_copy(
         update={"lora": recipe.pretrain.lora.model_copy(update={"dropout": 0.0})}
     )
@@ -91,32 +94,73 @@ def test_pretrain_writes_the_adapter_and_logs_losses(trained):
     assert out.trainable_parameters > 0 and out.eval_loss is not None
 
 
-def test_sft_labels_cover_the_answer_only(prepared, tiny_base, tmp_path):
+def _examples(row: dict) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of each example in a training row: several when packed, else one."""
+    lengths = row.get("seq_lengths") or [len(row["input_ids"])]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return [
+        (row["input_ids"][a : a + n], row["labels"][a : a + n]) for a, n in zip(starts, lengths, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_sft_labels_cover_the_answer_only(prepared, tiny_base, tmp_path, packing):
     recipe = prepared["recipe"]
+    settings = recipe.sft.model_copy(update={"packing": packing, "max_seq_length": 256})
     tokenizer = load_tokenizer(tiny_base.path)
-    qa = read_qa(Path(prepared["qa"].path), "train").select(range(4))
+    qa = read_qa(Path(prepared["qa"].path), "train").select(range(12))
     model = sft_model(
-        tiny_base, Path(_pretrain_adapter(prepared, tiny_base, tmp_path)), recipe.model, recipe.sft
+        tiny_base, Path(_pretrain_adapter(prepared, tiny_base, tmp_path)), recipe.model, settings
     )
     trainer = sft_trainer(
-        model, tokenizer, sft_dataset(qa, tokenizer, recipe.model), None, recipe.sft, tmp_path
+        model, tokenizer, sft_dataset(qa, tokenizer, recipe.model), None, settings, tmp_path
     )
-    full_lengths = 0
-    for row, example in zip(qa, trainer.train_dataset, strict=True):
-        labelled = [
-            t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100
-        ]
-        answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        truncated = len(example["input_ids"]) == recipe.sft.max_seq_length
-        full_lengths += not truncated
-        # the loss starts exactly at the answer and covers it up to the turn's end (eos stops generation)
-        assert labelled[: len(answer)] == (answer[: len(labelled)] if truncated else answer)
-        question_ids = tokenizer(row["question"], add_special_tokens=False)["input_ids"]
-        masked = [
-            t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100
-        ]
-        assert len(masked) >= len(question_ids)  # the prompt carries no loss
-    assert full_lengths, "at least one example must fit whole"
+    rows = list(trainer.train_dataset)
+    examples = [example for row in rows for example in _examples(row)]
+    assert len(examples) == len(qa)  # every example once, none split across rows
+    if packing:
+        assert len(rows) < len(qa) and all(len(r["input_ids"]) <= settings.max_seq_length for r in rows)
+    answers = [
+        tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in qa["answer"]
+    ]
+    whole = 0
+    for ids, labels in examples:
+        first = next(i for i, label in enumerate(labels) if label != -100)
+        # the loss starts at the answer and runs, on the tokens themselves, to the example's end
+        assert labels[first:] == ids[first:]
+        labelled = ids[first:]
+        truncated = len(ids) == settings.max_seq_length
+        # the answer and its eos, then at most the chat template's turn end (a newline)
+        match = next(
+            a
+            for a in answers
+            if (labelled[: len(a)] == a and len(labelled) - len(a) <= 2)
+            or (truncated and a[: len(labelled)] == labelled)
+        )
+        answers.remove(match)
+        whole += not truncated
+        assert first >= 4  # the prompt (template + question) carries no loss
+    assert whole, "at least one example must fit whole"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_examples_do_not_attend_to_each_other(prepared, tiny_base, attention):
+    settings = prepared["recipe"].model.model_copy(update={"attn_implementation": attention})
+    model = load_base_model(tiny_base, settings, for_training=True)
+    assert packed_attention_leak(model) < 1e-4
+
+
+def test_sft_refuses_to_pack_where_attention_crosses_examples(prepared, tiny_base, tmp_path, monkeypatch):
+    """An attention path that ignores the packed position ids (simulated by taking transformers'
+    boundary detection away) would let examples see each other: SFT stops before training."""
+    recipe = prepared["recipe"]
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(ValueError, match=r"sft\.packing=false"):
+        sft(
+            Path(prepared["qa"].path), _pretrain_adapter(prepared, tiny_base, tmp_path), tiny_base,
+            recipe.model, recipe.sft, tmp_path / "sft",
+        )  # fmt: skip
+    assert not (tmp_path / "sft").exists() or not any((tmp_path / "sft").iterdir())
 
 
 def _pretrain_adapter(prepared, tiny_base, tmp_path) -> Path:
@@ -161,3 +205,44 @@ def test_training_outputs_are_content_addressed(trained, stage):
     out = trained[stage]
     assert Path(out.path).name == out.digest[:16]
     assert not any(p.name.startswith(".tmp-") for p in Path(out.path).parent.iterdir())
+
+
+def _mean_block_loss(model, blocks) -> float:
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss)
+
+
+def test_select_checkpoint_by_eval_loss_publishes_that_steps_adapter(prepared, tiny_base, tmp_path):
+    """Held-out eval loss is logged (with perplexity) every eval_steps; with select_checkpoint
+    eval_loss the published adapter is the one from the evaluation with the lowest loss, and its
+    held-out loss, measured again from the published files, is that loss."""
+    recipe = prepared["recipe"]
+    # a learning rate far too high: the held-out loss improves once, then the adapter overshoots
+    settings = recipe.pretrain.model_copy(
+        update={
+            "max_steps": 10,
+            "eval_steps": 2,
+            "learning_rate": 30.0,
+            "select_checkpoint": "eval_loss",
+            "lr_scheduler": "constant",
+        }
+    )
+    out = pretrain(Path(prepared["chunks"].path), tiny_base, recipe.model, settings, tmp_path / "pretrain")
+    evals = {
+        row["step"]: row["eval_loss"]
+        for row in json.loads((Path(out.path) / LOG_HISTORY_FILE).read_text())
+        if "eval_loss" in row
+    }
+    assert sorted(evals) == [2, 4, 6, 8, 10]
+    best_step = min(evals, key=evals.get)
+    assert out.selected_step == best_step and out.eval_loss == pytest.approx(evals[best_step])
+    assert best_step < 10, "the learning rate is meant to overshoot, so the last step is not the best"
+
+    tokenizer = load_tokenizer(tiny_base.path)
+    eval_blocks = pack_blocks(
+        list(read_chunks(Path(prepared["chunks"].path), "eval")["text"]), tokenizer, settings.block_size
+    )
+    eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
+    published = load_adapted_model(tiny_base, recipe.model, {"pretrain": Path(out.adapter_path)})
+    assert _mean_block_loss(published, eval_blocks) == pytest.approx(evals[best_step], rel=1e-3)

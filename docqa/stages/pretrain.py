@@ -15,10 +15,6 @@ from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
-    checkpoint_step,
-    final_eval_loss,
-    load_trainable_adapter,
-    prepare_resume,
     publish_adapter,
     remove_checkpoints,
     run_training,
@@ -73,7 +69,6 @@ def pretrain(
 
     model = pretrain_model(base, model_settings, settings)
     with training_dir(checkpoint_dir, out_root) as work_dir:
-        resume_from = prepare_resume(work_dir, ADAPTER_NAME)
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0)),
@@ -81,20 +76,20 @@ def pretrain(
             eval_dataset=eval_blocks if len(eval_blocks) else None,
             data_collator=default_data_collator,
         )
-        load_trainable_adapter(trainer, ADAPTER_NAME)
-        history, train_loss, seconds = run_training(trainer, on_log, resume_from)
-    eval_loss = final_eval_loss(history)
+        run = run_training(trainer, on_log, ADAPTER_NAME, work_dir, settings.select_checkpoint)
+    eval_loss = run.eval_loss
     metrics = {
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_blocks": len(train_blocks),
         "train_tokens": len(train_blocks) * settings.block_size,
-        "train_loss": train_loss,
+        "train_loss": run.train_loss,
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
-        "seconds": seconds,
-        "resumed_from_step": checkpoint_step(resume_from) if resume_from is not None else None,
+        "seconds": run.seconds,
+        "resumed_from_step": run.resumed_from_step,
+        "selected_step": run.selected_step,
     }
-    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, history, metrics)
+    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
     remove_checkpoints(checkpoint_dir)
     return TrainOutput.from_metrics(folder, digest, metrics)

@@ -21,11 +21,9 @@ from docqa.prompting import sft_example
 from docqa.settings import ModelSettings, SFTSettings
 from docqa.stages.synthesize import read_qa
 from docqa.training import (
+    LEAK_TOLERANCE,
     StepLogger,
-    checkpoint_step,
-    final_eval_loss,
-    load_trainable_adapter,
-    prepare_resume,
+    packed_attention_leak,
     publish_adapter,
     remove_checkpoints,
     run_training,
@@ -69,18 +67,33 @@ def sft_trainer(
     settings: SFTSettings,
     work_dir: Path,
 ) -> SFTTrainer:
-    """TRL's trainer on prompt-completion examples: only completion (answer) tokens carry loss."""
+    """TRL's trainer on prompt-completion examples: only completion (answer) tokens carry loss.
+
+    With ``packing`` the examples are packed best-fit-decreasing into rows of ``max_seq_length`` and
+    each batch is one padding-free row: position ids restart at every example and the sequence
+    boundaries go along, so that attention stays inside each example (checked by
+    ``check_packing``). Without it, one example per row, right-padded to the batch's longest."""
     config = SFTConfig(
         **trainer_arguments(settings, work_dir, has_eval=evaluation is not None),
         max_length=settings.max_seq_length,
         completion_only_loss=True,
-        packing=False,
+        packing=settings.packing,
+        packing_strategy="bfd",
     )
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )
-    load_trainable_adapter(trainer, ADAPTER_NAME)  # a resume restores the sft adapter only
-    return trainer
+
+
+def check_packing(model: PeftModel, model_settings: ModelSettings) -> None:
+    """Refuse to pack where packed examples would attend to each other."""
+    leak = packed_attention_leak(model)
+    if leak > LEAK_TOLERANCE:
+        raise ValueError(
+            f"packed SFT examples attend to each other with attn_implementation "
+            f"{model_settings.attn_implementation!r} on this model (logits change by {leak:.2f} of their "
+            "range): set sft.packing=false, or model.attn_implementation to sdpa or flash_attention_2"
+        )
 
 
 def sft(
@@ -100,20 +113,25 @@ def sft(
     evaluation = sft_dataset(eval_rows, tokenizer, model_settings) if len(eval_rows) else None
 
     model = sft_model(base, pretrain_adapter, model_settings, settings)
+    if settings.packing:
+        check_packing(model, model_settings)
     with training_dir(checkpoint_dir, out_root) as work_dir:
-        resume_from = prepare_resume(work_dir, ADAPTER_NAME)
         trainer = sft_trainer(model, tokenizer, train, evaluation, settings, work_dir)
-        history, train_loss, seconds = run_training(trainer, on_log, resume_from)
+        run = run_training(trainer, on_log, ADAPTER_NAME, work_dir, settings.select_checkpoint)
+    rows = trainer.train_dataset
     metrics = {
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_examples": len(train),
-        "train_tokens": sum(len(ids) for ids in trainer.train_dataset["input_ids"]),
-        "train_loss": train_loss,
-        "eval_loss": final_eval_loss(history),
-        "seconds": seconds,
-        "resumed_from_step": checkpoint_step(resume_from) if resume_from is not None else None,
+        "train_rows": len(rows),  # packed rows with packing, else examples
+        "train_tokens": sum(len(ids) for ids in rows["input_ids"]),
+        "train_loss": run.train_loss,
+        "eval_loss": run.eval_loss,
+        "seconds": run.seconds,
+        "resumed_from_step": run.resumed_from_step,
+        "selected_step": run.selected_step,
+        "packing": settings.packing,
     }
-    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, history, metrics)
+    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
     remove_checkpoints(checkpoint_dir)
     return TrainOutput.from_metrics(folder, digest, metrics)
