@@ -112,8 +112,8 @@ def main() -> None:
         ("ours: best-fit-decreasing packing, padding-free rows", packed),
     ]
     lines = [
-        f"Sample corpus, {padded['examples']} training Q&A examples, tiny bootstrap base in 4-bit, one epoch, "
-        f"batch {recipe.sft.batch_size}, `sft.max_seq_length` {recipe.sft.max_seq_length}, "
+        f"Sample corpus, {padded['examples']} training Q&A examples, tiny bootstrap base in 4-bit, "
+        f"one epoch, batch {recipe.sft.batch_size}, `sft.max_seq_length` {recipe.sft.max_seq_length}, "
         "CPU. Command: `python bench/sft_packing.py`.",
         "",
         "| run | optimizer steps | token slots | real tokens | real fraction | seconds | real tokens/s |",
@@ -127,7 +127,8 @@ def main() -> None:
     lines += [
         "",
         f"Steps per epoch: **{steps_ratio:.2f}×** the baseline's (goal ≤ 0.75×: "
-        f"{'met' if steps_ratio <= 0.75 else 'not met'}). Real-token fraction **{packed['real_fraction']:.3f}** "
+        f"{'met' if steps_ratio <= 0.75 else 'not met'}). "
+        f"Real-token fraction **{packed['real_fraction']:.3f}** "
         f"(goal ≥ 0.95: {'met' if packed['real_fraction'] >= 0.95 else 'not met'}). Real tokens per second: "
         f"**{speed_ratio:.2f}×** the baseline's.",
     ]
