@@ -3,6 +3,7 @@ folder on CPU and a Llama checkpoint from the hub on a GPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -15,7 +16,10 @@ from docqa.settings import LoraSettings, ModelSettings
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: under a launcher (torchrun, accelerate) each rank takes its own GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def compute_dtype(settings: ModelSettings) -> torch.dtype:
@@ -50,7 +54,7 @@ def load_base_model(base: BaseModelRef, settings: ModelSettings, for_training: b
         revision=settings.revision if base.source == "hub" else None,
         quantization_config=quantization_config(settings),
         dtype=compute_dtype(settings),
-        device_map={"": device().index or 0} if device().type == "cuda" else {"": "cpu"},
+        device_map={"": device().index} if device().type == "cuda" else {"": "cpu"},
         attn_implementation=settings.attn_implementation,
     )
     if for_training and settings.load_in_4bit:

@@ -169,6 +169,7 @@ class TrainOutput(StageOutput):
     seconds: float
     resumed_from_step: int | None = None  # training went on from this checkpoint (a killed run)
     selected_step: int | None = None  # the step whose weights were published (train.select_checkpoint)
+    processes: int = 1  # training processes (DDP ranks), whose weights were checked equal
 
     @classmethod
     def from_metrics(cls, folder: Path, digest: str, metrics: dict[str, Any]) -> TrainOutput:

@@ -279,6 +279,15 @@ class TrainSettings(_Settings):
     optim: str = Field(
         "adamw_torch", description="a transformers optimizer name, e.g. paged_adamw_8bit on GPU"
     )
+    num_processes: int = Field(
+        1, ge=1, description="training processes (DDP): one per GPU; above 1 the stage runs under `launcher`"
+    )
+    launcher: Literal["torchrun", "accelerate"] = Field(
+        "torchrun", description="what starts the processes when num_processes > 1"
+    )
+    accelerate_config: str | None = Field(
+        None, description="accelerate: a config file (e.g. FSDP); empty: DDP with accelerate's defaults"
+    )
     select_checkpoint: Literal["last", "eval_loss"] = Field(
         "last",
         description="the adapter published: 'last' (the final step) or 'eval_loss' (the evaluation with the "

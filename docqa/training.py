@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -56,6 +59,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool)
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
+        "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient; the frozen base has none
     }
 
 
@@ -90,7 +94,8 @@ class BestAdapter(TrainerCallback):
         self.best = json.loads(path.read_text()) if path.is_file() else None
         if self.best is not None and self.best["step"] > (resume_step or 0):
             self.best = None
-            path.unlink()
+            if is_main_process():
+                path.unlink(missing_ok=True)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
@@ -202,10 +207,48 @@ def prepare_resume(folder: Path, adapter_name: str) -> Path | None:
     """The checkpoint to resume from; incomplete checkpoint folders are removed first, so that the
     trainer never saves into one or counts it when rotating."""
     last = last_complete_checkpoint(folder, adapter_name)
-    for checkpoint in checkpoint_folders(folder):
-        if not checkpoint_complete(checkpoint, adapter_name):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+    if is_main_process():
+        for checkpoint in checkpoint_folders(folder):
+            if not checkpoint_complete(checkpoint, adapter_name):
+                shutil.rmtree(checkpoint, ignore_errors=True)
     return last
+
+
+def is_main_process() -> bool:
+    """Rank 0 under a launcher (its environment says so before any process group exists), else True."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def on_main_process(make: Callable[[], Any]) -> Any:
+    """``make()`` on rank 0 alone (publishing, deleting), its result handed to every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return make()
+    result = [make() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def trainable_digest(model: torch.nn.Module) -> str:
+    """A digest of the trainable weights' values, to compare ranks."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rank_digests(model: torch.nn.Module) -> list[str]:
+    """Every rank's trainable-weights digest (one entry without a process group); raises if the ranks
+    trained different weights (DDP keeps them equal: a difference means the gradients were not synced)."""
+    mine = trainable_digest(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    everyone: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if len(set(everyone)) != 1:
+        raise RuntimeError(f"the training processes ended with different weights: {everyone}")
+    return everyone
 
 
 def remove_checkpoints(checkpoint_dir: Path | None) -> None:
@@ -263,6 +306,7 @@ class TrainingRun:
     seconds: float
     resumed_from_step: int | None
     selected_step: int  # the step whose adapter weights the model holds now
+    rank_digests: list[str]  # each process's trainable-weights digest (equal: checked)
     eval_loss: float | None  # held-out loss of those weights (None: no held-out rows)
 
 
@@ -306,6 +350,7 @@ def run_training(
         seconds=seconds,
         resumed_from_step=resume_step,
         selected_step=selected if selected is not None else steps,
+        rank_digests=rank_digests(trainer.model),
         eval_loss=best.best["eval_loss"] if selected is not None else final_eval_loss(history),
     )
 

@@ -35,7 +35,7 @@ from docqa.settings import (
 from docqa.stages.ingest import IngestOutput
 from tasks.caching import content_policy, inputs_digest
 
-TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs")
+TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs", "docqa.launch")
 CHECKPOINT_ONLY_SETTINGS = {"save_steps", "save_total_limit"}  # where to save, not what is trained
 
 
@@ -119,12 +119,18 @@ def pretrain_task(
     mlflow_run_id: str | None = None,
 ) -> TrainOutput:
     """QLoRA domain-adaptive pretraining on the training documents' chunks."""
+    root = Path(workspace) / "pretrain"
+    checkpoints = checkpoint_dir(root, settings, chunks=chunks, base=base, model=model)
+    if settings.num_processes > 1:
+        from docqa.launch import train_distributed
+
+        args = {"chunks_path": chunks.path, "base": base, "model_settings": model, "settings": settings,
+                "out_root": str(root), "checkpoint_dir": str(checkpoints)}  # fmt: skip
+        return train_distributed("pretrain", args, settings, root, mlflow_uri, mlflow_run_id)
     from docqa.stages.pretrain import pretrain
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    root = Path(workspace) / "pretrain"
-    checkpoints = checkpoint_dir(root, settings, chunks=chunks, base=base, model=model)
     return pretrain(Path(chunks.path), base, model, settings, root, on_log, checkpoints)
 
 
@@ -144,12 +150,19 @@ def sft_task(
     mlflow_run_id: str | None = None,
 ) -> TrainOutput:
     """SFT with TRL on the training Q&A, stacked on the pretraining adapter, loss on answers only."""
+    root = Path(workspace) / "sft"
+    checkpoints = checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
+    if settings.num_processes > 1:
+        from docqa.launch import train_distributed
+
+        args = {"qa_path": qa.path, "pretrain_adapter": pretrained.adapter_path, "base": base,
+                "model_settings": model, "settings": settings, "out_root": str(root),
+                "checkpoint_dir": str(checkpoints)}  # fmt: skip
+        return train_distributed("sft", args, settings, root, mlflow_uri, mlflow_run_id)
     from docqa.stages.sft import sft
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    root = Path(workspace) / "sft"
-    checkpoints = checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
     return sft(Path(qa.path), Path(pretrained.adapter_path), base, model, settings, root, on_log, checkpoints)
 
 

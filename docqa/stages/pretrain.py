@@ -15,6 +15,7 @@ from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
+    on_main_process,
     publish_adapter,
     remove_checkpoints,
     run_training,
@@ -89,7 +90,14 @@ def pretrain(
         "seconds": run.seconds,
         "resumed_from_step": run.resumed_from_step,
         "selected_step": run.selected_step,
+        "processes": len(run.rank_digests),
+        "rank_digests": run.rank_digests,
     }
-    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
-    remove_checkpoints(checkpoint_dir)
+
+    def publish() -> tuple[Path, str]:
+        published = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
+        remove_checkpoints(checkpoint_dir)
+        return published
+
+    folder, digest = on_main_process(publish)  # one publisher under a launcher
     return TrainOutput.from_metrics(folder, digest, metrics)

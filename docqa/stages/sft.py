@@ -23,6 +23,7 @@ from docqa.stages.synthesize import read_qa
 from docqa.training import (
     LEAK_TOLERANCE,
     StepLogger,
+    on_main_process,
     packed_attention_leak,
     publish_adapter,
     remove_checkpoints,
@@ -130,8 +131,15 @@ def sft(
         "seconds": run.seconds,
         "resumed_from_step": run.resumed_from_step,
         "selected_step": run.selected_step,
+        "processes": len(run.rank_digests),
+        "rank_digests": run.rank_digests,
         "packing": settings.packing,
     }
-    folder, digest = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
-    remove_checkpoints(checkpoint_dir)
+
+    def publish() -> tuple[Path, str]:
+        published = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
+        remove_checkpoints(checkpoint_dir)
+        return published
+
+    folder, digest = on_main_process(publish)  # one publisher under a launcher
     return TrainOutput.from_metrics(folder, digest, metrics)
