@@ -78,11 +78,22 @@ def _docstrings(path: Path) -> Iterator[str]:
 
 
 def split_general_text(texts: list[str], heldout_fraction: float) -> tuple[list[str], list[str]]:
-    """Every k-th text is held out, so both parts sample the whole library."""
+    """Every k-th distinct text is held out, so both parts sample the whole library. Distinct: the
+    library repeats some docstrings word for word (overridden methods), which would otherwise land on
+    both sides and put trained-on text into the forgetting reference."""
+    texts = list(dict.fromkeys(texts))
     every = max(2, round(1 / heldout_fraction))
     heldout = [t for i, t in enumerate(texts) if i % every == every - 1]
     train = [t for i, t in enumerate(texts) if i % every != every - 1]
     return train, heldout
+
+
+def general_text_split(settings: BootstrapSettings) -> tuple[list[str], list[str]]:
+    """The standard library's docstrings split as the bootstrap base splits them: (train, held out).
+
+    Mixing into pretraining draws on the first part only and the forgetting reference is the second,
+    whatever the base, so that the reference is never trained on."""
+    return split_general_text(stdlib_docstrings(settings.general_text_chars), settings.heldout_fraction)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

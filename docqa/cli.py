@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -85,6 +86,60 @@ def run(
     report = _latest_report(workspace)
     print_summary(report)
     print_ui_commands(report, workspace)
+
+
+SWEEPS_DIR = Path(__file__).parent / "sweeps"
+
+
+def read_sweep(file: Path) -> dict[str, list[str]]:
+    """A sweep file (YAML, or the name of one in docqa/sweeps): ``variants: {name: [overrides]}``."""
+    path = file if file.is_file() else SWEEPS_DIR / f"{file}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise SettingsError(f"sweep {file} is neither a file nor a shipped sweep; shipped: {shipped}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    variants = loaded.get("variants") if isinstance(loaded, dict) else None
+    if not isinstance(variants, dict) or not variants:
+        raise SettingsError(f"{path}: expected `variants:` mapping names to lists of overrides")
+    bad = [name for name, overrides in variants.items() if not isinstance(overrides, list | type(None))]
+    if bad:
+        raise SettingsError(f"{path}: variants {bad} must be lists of key=value overrides")
+    return {str(name): [str(o) for o in overrides or []] for name, overrides in variants.items()}
+
+
+@app.command()
+def sweep(
+    file: Annotated[
+        Path, typer.Argument(help="sweep YAML file, or a shipped sweep's name (seed-comparison)")
+    ],
+    docs: Annotated[Path | None, typer.Option(help="folder of documents; default: the sample corpus")] = None,
+    workspace: Annotated[Path, typer.Option(help="shared by every variant (and its caches)")] = Path(
+        "workspace"
+    ),
+    recipe: Annotated[str | None, typer.Option(help="the recipe every variant starts from")] = None,
+) -> None:
+    """Run the pipeline once per variant as child flow runs, then compare them (MLflow run "sweep")."""
+    try:
+        variants = read_sweep(file)
+        for overrides in variants.values():
+            load_recipe(recipe, overrides)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from error
+    workspace = workspace.resolve()
+    configure_environment(workspace)
+    from flows.sweep import docqa_sweep
+
+    rows = docqa_sweep(
+        variants, docs=str(docs.resolve()) if docs else None, workspace=str(workspace), recipe=recipe
+    )
+    table = Table(title=f"docqa sweep {file} · held-out figures")
+    columns = [c for c in rows[0] if c not in ("overrides", "mlflow_run_id")]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    console.print(table)
 
 
 @app.command("sample-corpus")

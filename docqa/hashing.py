@@ -74,3 +74,12 @@ class FileFingerprint(BaseModel):
 
 def fingerprint_files(paths: Iterable[Path]) -> list[FileFingerprint]:
     return [FileFingerprint(path=str(p), sha256=sha256_file(p)) for p in paths]
+
+
+def file_digest(path: str | None) -> str | None:
+    """The content digest of an optional settings file (None when unset), for cache keys."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is not a file")
+    return sha256_file(Path(path))

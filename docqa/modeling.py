@@ -44,6 +44,7 @@ def quantization_config(settings: ModelSettings) -> BitsAndBytesConfig | None:
         bnb_4bit_quant_type=settings.quant_type,
         bnb_4bit_use_double_quant=settings.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(settings),
+        bnb_4bit_quant_storage=getattr(torch, settings.quant_storage),
     )
 
 

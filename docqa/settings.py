@@ -89,6 +89,9 @@ class ModelSettings(_Settings):
     load_in_4bit: bool = Field(True, description="NF4/FP4 through bitsandbytes (QLoRA); false = plain LoRA")
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="dtype the 4-bit weights are stored in; FSDP needs the compute dtype (bfloat16)"
+    )
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
     )
@@ -300,6 +303,17 @@ class PretrainSettings(TrainSettings):
     """Domain-adaptive causal-LM training on the training documents' chunks, packed into blocks."""
 
     block_size: int = Field(256, ge=16, description="tokens per packed block")
+    general_mix_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="share of training blocks drawn from general text (replay against forgetting); 0: none",
+    )
+    general_text: str | None = Field(
+        None,
+        description="UTF-8 text file to mix in; empty: the training part of the standard library's "
+        "docstrings (the forgetting reference is their held-out part)",
+    )
 
 
 class SFTSettings(TrainSettings):
@@ -309,6 +323,14 @@ class SFTSettings(TrainSettings):
         256, ge=16, description="longer examples are cut; with packing, the row length"
     )
     epochs: float = Field(2.0, gt=0)
+    general_mix_ratio: float = Field(
+        0.0, ge=0, le=0.9, description="share of training examples from `general_instructions`; 0: none"
+    )
+    general_instructions: str | None = Field(
+        None,
+        description="a general instruction set in Alpaca format (JSON list or JSON Lines of instruction, "
+        "input, output) mixed into SFT",
+    )
     packing: bool = Field(
         True,
         description="pack examples into rows of max_seq_length without padding (best-fit decreasing), "
@@ -402,6 +424,18 @@ class Recipe(_Settings):
                         f"{label}={length} exceeds the bootstrap base's context "
                         f"model.bootstrap.max_position_embeddings={limit}"
                     )
+        if self.sft.general_mix_ratio > 0 and not self.sft.general_instructions:
+            problems.append("sft.general_mix_ratio needs sft.general_instructions (an Alpaca-format file)")
+        general = self.pretrain.general_text
+        if (
+            general
+            and self.evaluate.general_text
+            and Path(general).resolve() == Path(self.evaluate.general_text).resolve()
+        ):
+            problems.append(
+                "pretrain.general_text is evaluate.general_text: "
+                "the forgetting reference must not be trained on"
+            )
         if self.evaluate.llm_judge and self.synthesize.backend == "extractive":
             problems.append("evaluate.llm_judge needs synthesize.backend openai or transformers (the judge)")
         return problems

@@ -18,7 +18,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from docqa.hashing import fingerprint_files
+from docqa.hashing import file_digest, fingerprint_files
 from docqa.outputs import EvalOutput, SynthesizeOutput, read_generations
 from docqa.records import StageRecorder, record_parent
 from docqa.report import RunReport
@@ -253,6 +253,7 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         model=recipe.model,
         settings=recipe.pretrain,
         workspace=ws,
+        mixed_in_digest=file_digest(recipe.pretrain.general_text),
     )
     tuned = run.stage(
         "sft",
@@ -264,6 +265,7 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         model=recipe.model,
         settings=recipe.sft,
         workspace=ws,
+        mixed_in_digest=file_digest(recipe.sft.general_instructions),
     )
     evaluation = run.stage(
         "evaluate",

@@ -117,8 +117,11 @@ def pretrain_task(
     workspace: str,
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
+    mixed_in_digest: str | None = None,
 ) -> TrainOutput:
-    """QLoRA domain-adaptive pretraining on the training documents' chunks."""
+    """QLoRA domain-adaptive pretraining on the training documents' chunks.
+
+    ``mixed_in_digest``: of the general-text file mixed in, so that a changed file trains again."""
     root = Path(workspace) / "pretrain"
     checkpoints = checkpoint_dir(root, settings, chunks=chunks, base=base, model=model)
     if settings.num_processes > 1:
@@ -148,8 +151,11 @@ def sft_task(
     workspace: str,
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
+    mixed_in_digest: str | None = None,
 ) -> TrainOutput:
-    """SFT with TRL on the training Q&A, stacked on the pretraining adapter, loss on answers only."""
+    """SFT with TRL on the training Q&A, stacked on the pretraining adapter, loss on answers only.
+
+    ``mixed_in_digest``: of the instruction file mixed in, so that a changed file trains again."""
     root = Path(workspace) / "sft"
     checkpoints = checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
     if settings.num_processes > 1:

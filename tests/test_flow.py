@@ -14,6 +14,7 @@ from pydoc_data.topics import topics
 
 import pytest
 import torch
+import yaml
 from conftest import tiny_recipe, write_topic_documents
 from mlflow.tracking import MlflowClient
 from pdf_factory import write_encrypted_pdf, write_report_pdf, write_truncated_pdf
@@ -22,6 +23,7 @@ from bench.openai_stub import StubServer, chat_response, passage_of, sentence_pa
 from docqa.modeling import load_adapted_model
 from docqa.secrets import API_KEY_ENV
 from docqa.settings import STAGES, Recipe, SynthesizeSettings
+from docqa.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +181,32 @@ def test_changing_a_training_setting_retrains_but_reuses_the_data(cold, corpus):
         "ingest": True, "chunk": True, "synthesize": True, "pretrain": False, "sft": False, "evaluate": False,
     }  # fmt: skip
     assert report["counts"]["synthesis_requests"] == 0
+
+
+def test_a_sweep_runs_variants_as_child_flow_runs_that_share_the_data(cold, corpus, tmp_path):
+    from flows.sweep import docqa_sweep
+
+    _, workspace = cold
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump({**RECIPE.model_dump(mode="json"), "experiment": "docqa-test"}))
+    variants = {"as-is": [], "sft-r4": ["sft.lora.r=4"]}
+    rows = docqa_sweep(variants, docs=str(corpus), workspace=str(workspace), recipe=str(recipe_file))
+
+    assert [(r["variant"], r["flow_run"]) for r in rows] == [
+        ("as-is", "sweep-as-is"),
+        ("sft-r4", "sweep-sft-r4"),
+    ]
+    assert rows[0]["cached_stages"] == ",".join(STAGES)  # the cold run trained this one already
+    assert rows[1]["cached_stages"] == "ingest,chunk,synthesize,pretrain"  # only SFT and evaluation again
+    assert rows[1]["trainable"] < rows[0]["trainable"]
+    client = MlflowClient(tracking_uri(workspace))
+    experiment = client.get_experiment_by_name("docqa-test")
+    [sweep_run] = client.search_runs([experiment.experiment_id], "tags.`docqa.sweep` = 'as-is,sft-r4'")
+    assert {"sweep_comparison.json", "sweep_losses.png"} <= {
+        a.path for a in client.list_artifacts(sweep_run.info.run_id)
+    }
+    for row in rows:  # each variant is a complete pipeline run of its own in MLflow
+        assert client.get_run(row["mlflow_run_id"]).info.status == "FINISHED"
 
 
 def test_moving_the_documents_folder_trains_nothing(cold, corpus, tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from docqa.answer_metrics import answer_errors, recall_summary
-from docqa.bootstrap import GENERAL_HELDOUT_FILE, stdlib_docstrings
+from docqa.bootstrap import GENERAL_HELDOUT_FILE, general_text_split
 from docqa.hashing import json_digest
 from docqa.modeling import load_adapted_model, load_tokenizer, token_stream
 from docqa.outputs import (
@@ -36,7 +36,6 @@ from docqa.stages.synthesize import read_qa
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
 ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
-STDLIB_GENERAL_CHARS = 400_000  # the offline fallback's size: enough text for max_general_tokens
 
 
 def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
@@ -49,9 +48,12 @@ def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
     ]
 
 
-def general_text(settings: EvaluateSettings, base: BaseModelRef) -> tuple[list[str], str]:
+def general_text(
+    settings: EvaluateSettings, base: BaseModelRef, model_settings: ModelSettings
+) -> tuple[list[str], str]:
     """The forgetting reference and where it came from: the configured file, else the bootstrap base's
-    held-out general text, else the standard library's docstrings (offline, not the user's domain)."""
+    held-out general text, else the held-out part of the standard library's docstrings (offline, not
+    the user's domain, and never mixed into training: see ``general_text_split``)."""
     if settings.general_text:
         path = Path(settings.general_text)
         if not path.is_file():
@@ -60,7 +62,9 @@ def general_text(settings: EvaluateSettings, base: BaseModelRef) -> tuple[list[s
     heldout = Path(base.path) / GENERAL_HELDOUT_FILE
     if heldout.is_file():
         return [heldout.read_text(encoding="utf-8")], str(heldout)
-    return stdlib_docstrings(STDLIB_GENERAL_CHARS), "python standard library docstrings"
+    return general_text_split(model_settings.bootstrap)[
+        1
+    ], "python standard library docstrings (held-out part)"
 
 
 def source_chunks(chunks_path: Path, chunk_ids: list[str]) -> list[str]:
@@ -153,7 +157,7 @@ def evaluate_models(
     qa = read_qa(qa_path, "eval")
     qa = qa.select(range(min(len(qa), settings.max_questions or len(qa))))
     questions, references = list(qa["question"]), list(qa["answer"])
-    general, general_source = general_text(settings, base)
+    general, general_source = general_text(settings, base, model_settings)
     general_ids = token_ids(tokenizer, general, settings.max_general_tokens)
     model = load_adapted_model(base, model_settings, {"pretrain": pretrain_adapter, "sft": sft_adapter})
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
+from docqa.bootstrap import general_text_split
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
@@ -32,6 +33,26 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
     n_blocks = len(ids) // block_size
     blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def general_blocks(
+    settings: PretrainSettings, model_settings: ModelSettings, tokenizer, domain_blocks: int
+) -> Dataset:
+    """Blocks of general text to mix in, ``general_mix_ratio`` of the mixed set (fewer if the text is
+    short), drawn at random with the stage's seed; none at ratio 0."""
+    ratio = settings.general_mix_ratio
+    if ratio == 0:
+        return Dataset.from_dict({"input_ids": [], "labels": []})
+    if settings.general_text:
+        path = Path(settings.general_text)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrain.general_text {path} is not a file; give a UTF-8 text file")
+        texts = [path.read_text(encoding="utf-8")]
+    else:
+        texts = general_text_split(model_settings.bootstrap)[0]
+    blocks = pack_blocks(texts, tokenizer, settings.block_size).shuffle(seed=settings.seed)
+    wanted = round(domain_blocks * ratio / (1 - ratio))
+    return blocks.select(range(min(wanted, len(blocks))))
 
 
 def pretrain_model(
@@ -65,6 +86,10 @@ def pretrain(
             f"the training chunks hold fewer tokens than one block of {settings.block_size}: "
             "lower pretrain.block_size or add documents"
         )
+    domain_blocks = len(train_blocks)
+    mixed_in = general_blocks(settings, model_settings, tokenizer, domain_blocks)
+    if len(mixed_in):
+        train_blocks = concatenate_datasets([train_blocks, mixed_in])  # the Trainer shuffles
     eval_blocks = pack_blocks(list(read_chunks(chunks_path, "eval")["text"]), tokenizer, settings.block_size)
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
 
@@ -83,6 +108,7 @@ def pretrain(
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_blocks": len(train_blocks),
+        "general_blocks": len(mixed_in),  # of train_blocks: mixed-in general text
         "train_tokens": len(train_blocks) * settings.block_size,
         "train_loss": run.train_loss,
         "eval_loss": eval_loss,

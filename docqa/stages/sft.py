@@ -8,6 +8,8 @@ copy of the base is ever materialised).
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 from datasets import Dataset
@@ -36,10 +38,42 @@ ADAPTER_NAME = "sft"
 PRETRAIN_ADAPTER_NAME = "pretrain"
 
 
-def sft_dataset(qa: Dataset, tokenizer, settings: ModelSettings) -> Dataset:
+def sft_dataset(qa: Dataset | tuple[list[str], list[str]], tokenizer, settings: ModelSettings) -> Dataset:
+    """Prompt-completion examples from Q&A rows, or from (questions, answers)."""
+    questions, answers = (qa["question"], qa["answer"]) if isinstance(qa, Dataset) else qa
     return Dataset.from_list(
-        [sft_example(tokenizer, q, a, settings) for q, a in zip(qa["question"], qa["answer"], strict=True)]
+        [sft_example(tokenizer, q, a, settings) for q, a in zip(questions, answers, strict=True)]
     )
+
+
+def read_alpaca(path: Path) -> list[tuple[str, str]]:
+    """(question, answer) pairs of an Alpaca-format file: a JSON list, or JSON Lines, of objects with
+    ``instruction``, optional ``input`` and ``output``; the input, if any, follows the instruction."""
+    if not path.is_file():
+        raise FileNotFoundError(f"sft.general_instructions {path} is not a file")
+    text = path.read_text(encoding="utf-8").strip()
+    rows = (
+        json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+    )
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not row.get("instruction") or not row.get("output"):
+            raise ValueError(f"{path} row {number}: an Alpaca row needs non-empty instruction and output")
+        question = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        pairs.append((question, row["output"]))
+    return pairs
+
+
+def mix_instructions(qa: Dataset, settings: SFTSettings) -> tuple[list[str], list[str], int]:
+    """Questions and answers to train on: the domain Q&A plus ``general_mix_ratio`` of general
+    instructions (fewer if the file is short), drawn at random with the stage's seed."""
+    questions, answers = list(qa["question"]), list(qa["answer"])
+    if settings.general_mix_ratio == 0:
+        return questions, answers, 0
+    general = read_alpaca(Path(settings.general_instructions))
+    wanted = round(len(questions) * settings.general_mix_ratio / (1 - settings.general_mix_ratio))
+    chosen = random.Random(settings.seed).sample(general, min(wanted, len(general)))
+    return questions + [q for q, _ in chosen], answers + [a for _, a in chosen], len(chosen)
 
 
 def stack_trainable_adapter(model, pretrain_adapter: Path, settings: SFTSettings) -> PeftModel:
@@ -108,7 +142,8 @@ def sft(
     checkpoint_dir: Path | None = None,
 ) -> TrainOutput:
     tokenizer = load_tokenizer(base.path, model_settings.revision)
-    train = sft_dataset(read_qa(qa_path, "train"), tokenizer, model_settings)
+    questions, answers, general = mix_instructions(read_qa(qa_path, "train"), settings)
+    train = sft_dataset((questions, answers), tokenizer, model_settings)
     eval_qa = read_qa(qa_path, "eval")
     eval_rows = eval_qa.select(range(min(len(eval_qa), settings.max_eval_samples)))
     evaluation = sft_dataset(eval_rows, tokenizer, model_settings) if len(eval_rows) else None
@@ -124,6 +159,7 @@ def sft(
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_examples": len(train),
+        "general_examples": general,  # of train_examples: mixed-in general instructions
         "train_rows": len(rows),  # packed rows with packing, else examples
         "train_tokens": sum(len(ids) for ids in rows["input_ids"]),
         "train_loss": run.train_loss,

@@ -1,0 +1,92 @@
+"""Mixing general text into pretraining and general instructions into SFT, never the forgetting reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_BOOTSTRAP, tiny_recipe
+from datasets import Dataset
+
+from docqa.bootstrap import general_text_split
+from docqa.modeling import load_tokenizer
+from docqa.outputs import BaseModelRef
+from docqa.settings import SettingsError, load_recipe
+from docqa.stages.evaluate import general_text
+from docqa.stages.pretrain import general_blocks
+from docqa.stages.sft import mix_instructions, read_alpaca
+
+
+def test_general_blocks_make_up_the_configured_share(tiny_base, tmp_path):
+    tokenizer = load_tokenizer(tiny_base.path)
+    recipe = tiny_recipe()
+    source = tmp_path / "general.txt"
+    source.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    settings = recipe.pretrain.model_copy(update={"general_mix_ratio": 0.25, "general_text": str(source)})
+    blocks = general_blocks(settings, recipe.model, tokenizer, domain_blocks=30)
+    assert len(blocks) == 10  # 10 / (30 + 10) = 0.25
+    assert "quick brown fox" in tokenizer.decode(blocks[0]["input_ids"])
+    none = general_blocks(recipe.pretrain, recipe.model, tokenizer, domain_blocks=30)
+    assert len(none) == 0
+    missing = settings.model_copy(update={"general_text": str(tmp_path / "nope.txt")})
+    with pytest.raises(FileNotFoundError, match=r"pretrain\.general_text"):
+        general_blocks(missing, recipe.model, tokenizer, domain_blocks=30)
+
+
+def test_default_mixed_text_is_disjoint_from_the_forgetting_reference():
+    train, heldout = general_text_split(TINY_BOOTSTRAP)
+    assert train and heldout and not set(train) & set(heldout)
+    recipe = tiny_recipe()
+    hub = BaseModelRef(path="some/hub-model", digest="x", tokenizer_digest="x", source="hub")
+    reference, source = general_text(
+        recipe.evaluate, hub, recipe.model
+    )  # no held-out file beside a hub model
+    assert reference == heldout and "held-out" in source
+
+
+def _alpaca_rows(n: int) -> list[dict]:
+    return [
+        {"instruction": f"Name a prime number above {i}.", "input": "", "output": f"{i}"} for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("layout", ["json", "jsonl"])
+def test_alpaca_files_are_read_in_both_layouts(tmp_path, layout):
+    rows = [*_alpaca_rows(3), {"instruction": "Translate.", "input": "Hallo", "output": "Hello"}]
+    path = tmp_path / f"general.{layout}"
+    path.write_text(json.dumps(rows) if layout == "json" else "\n".join(json.dumps(r) for r in rows))
+    pairs = read_alpaca(path)
+    assert pairs[0] == ("Name a prime number above 0.", "0")
+    assert pairs[-1] == ("Translate.\n\nHallo", "Hello")
+
+
+def test_an_alpaca_row_without_output_is_refused_with_its_number(tmp_path):
+    path = tmp_path / "general.jsonl"
+    path.write_text(json.dumps(_alpaca_rows(1)[0]) + "\n" + json.dumps({"instruction": "Say hi."}))
+    with pytest.raises(ValueError, match="row 2"):
+        read_alpaca(path)
+
+
+def test_sft_mixes_in_the_configured_share_of_instructions(tmp_path):
+    path = tmp_path / "general.json"
+    path.write_text(json.dumps(_alpaca_rows(50)))
+    qa = Dataset.from_dict(
+        {"question": [f"Q{i}?" for i in range(30)], "answer": [f"A{i}" for i in range(30)]}
+    )
+    settings = tiny_recipe().sft.model_copy(
+        update={"general_mix_ratio": 0.25, "general_instructions": str(path)}
+    )
+    questions, answers, general = mix_instructions(qa, settings)
+    assert general == 10 and len(questions) == len(answers) == 40
+    assert questions[:30] == qa["question"] and all(q.startswith("Name a prime") for q in questions[30:])
+    again = mix_instructions(qa, settings)
+    assert again == (questions, answers, general)  # the draw is seeded
+
+
+def test_recipes_refuse_mixing_without_a_file_or_into_the_reference(tmp_path):
+    with pytest.raises(SettingsError, match="general_instructions"):
+        load_recipe(None, ["sft.general_mix_ratio=0.2"])
+    reference = tmp_path / "general.txt"
+    reference.write_text("text")
+    with pytest.raises(SettingsError, match="must not be trained on"):
+        load_recipe(None, [f"pretrain.general_text={reference}", f"evaluate.general_text={reference}"])
