@@ -133,12 +133,13 @@ def sweep(
     rows = docqa_sweep(
         variants, docs=str(docs.resolve()) if docs else None, workspace=str(workspace), recipe=recipe
     )
-    table = Table(title=f"docqa sweep {file} · held-out figures")
-    columns = [c for c in rows[0] if c not in ("overrides", "mlflow_run_id")]
-    for column in columns:
-        table.add_column(column)
+    table = Table(title=f"docqa sweep {file} · held-out figures")  # one column per variant: fits a terminal
+    table.add_column("figure")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
+        table.add_column(row["variant"])
+    for key in rows[0]:
+        if key not in ("variant", "mlflow_run_id"):
+            table.add_row(key, *(str(row[key]) for row in rows))
     console.print(table)
 
 

@@ -327,8 +327,9 @@ def run_training(
     resume_from = prepare_resume(work_dir, adapter_name)
     resume_step = checkpoint_step(resume_from) if resume_from is not None else None
     load_trainable_adapter(trainer, adapter_name)
-    best = BestAdapter(trainer.model, adapter_name, work_dir, resume_step)
-    trainer.add_callback(best)
+    best = BestAdapter(trainer.model, adapter_name, work_dir, resume_step) if select == "eval_loss" else None
+    if best is not None:
+        trainer.add_callback(best)
     if on_log is not None:
         if resume_from is not None and trainer.is_world_process_zero():
             for row in json.loads((resume_from / "trainer_state.json").read_text())["log_history"]:
@@ -342,7 +343,7 @@ def run_training(
         trainer.evaluate()
     seconds = time.perf_counter() - started
     steps = trainer.state.global_step
-    selected = best.restore() if select == "eval_loss" else None
+    selected = best.restore() if best is not None else None
     history = trainer.state.log_history
     return TrainingRun(
         history=history,

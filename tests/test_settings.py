@@ -47,13 +47,13 @@ def test_seed_reproduction_matches_the_seed_project():
 
 def test_overrides_are_typed_and_keep_other_defaults():
     recipe = load_recipe(
-        "tiny-cpu", ["pretrain.lora.r=64", "split.eval_documents=[a.pdf, b.pdf]", "sft.epochs=3"]
+        "tiny-cpu", ["pretrain.lora.r=64", "split.eval_documents=[a.pdf, b.pdf]", "sft.epochs=1"]
     )
     assert recipe.pretrain.lora.r == 64
     assert recipe.pretrain.lora.alpha == Recipe().pretrain.lora.alpha
     assert recipe.pretrain.learning_rate == Recipe().pretrain.learning_rate  # recipe-level default kept
     assert recipe.split.eval_documents == ["a.pdf", "b.pdf"]
-    assert recipe.sft.epochs == 3.0
+    assert recipe.sft.epochs == 1.0
 
 
 def test_every_problem_is_reported_at_once():
