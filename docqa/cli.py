@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe
+from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe, resolve_shipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -93,10 +93,7 @@ SWEEPS_DIR = Path(__file__).parent / "sweeps"
 
 def read_sweep(file: Path) -> dict[str, list[str]]:
     """A sweep file (YAML, or the name of one in docqa/sweeps): ``variants: {name: [overrides]}``."""
-    path = file if file.is_file() else SWEEPS_DIR / f"{file}.yaml"
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-        raise SettingsError(f"sweep {file} is neither a file nor a shipped sweep; shipped: {shipped}")
+    path = resolve_shipped(file, SWEEPS_DIR, "sweep")
     loaded = yaml.safe_load(path.read_text()) or {}
     variants = loaded.get("variants") if isinstance(loaded, dict) else None
     if not isinstance(variants, dict) or not variants:

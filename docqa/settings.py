@@ -473,18 +473,23 @@ def _apply(tree: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def resolve_recipe_path(recipe: str | Path) -> Path:
-    """A path to a YAML file, or the name of a recipe shipped in ``docqa/recipes``."""
-    path = Path(recipe)
+def resolve_shipped(name: str | Path, folder: Path, kind: str) -> Path:
+    """A path to a YAML file, or the name of one shipped in ``folder`` (a ``kind``: recipe, sweep)."""
+    path = Path(name)
     if path.is_file():
         return path
-    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    shipped = folder / f"{name}.yaml"
     if shipped.is_file():
         return shipped
-    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
     raise SettingsError(
-        f"recipe {recipe!r} is neither a file nor a shipped recipe; shipped: {', '.join(names)}"
+        f"{kind} {str(name)!r} is neither a file nor a shipped {kind}; shipped: {', '.join(names)}"
     )
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A path to a YAML file, or the name of a recipe shipped in ``docqa/recipes``."""
+    return resolve_shipped(recipe, RECIPES_DIR, "recipe")
 
 
 def load_recipe(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
 from docqa.hashing import tree_digest
-from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE, with_perplexity
+from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE, TrainOutput, with_perplexity
 from docqa.settings import TrainSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
@@ -308,6 +308,38 @@ class TrainingRun:
     selected_step: int  # the step whose adapter weights the model holds now
     rank_digests: list[str]  # each process's trainable-weights digest (equal: checked)
     eval_loss: float | None  # held-out loss of those weights (None: no held-out rows)
+
+    def metrics(self) -> dict[str, Any]:
+        """What every training stage records of its run (the stage adds its own data figures)."""
+        return {
+            "train_loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+            "seconds": self.seconds,
+            "resumed_from_step": self.resumed_from_step,
+            "selected_step": self.selected_step,
+            "processes": len(self.rank_digests),
+            "rank_digests": self.rank_digests,
+        }
+
+
+def publish_training(
+    model: PeftModel,
+    adapter_name: str,
+    out_root: Path,
+    run: TrainingRun,
+    metrics: dict[str, Any],
+    checkpoint_dir: Path | None,
+) -> TrainOutput:
+    """Publish the trained adapter with its record, then drop the stage's checkpoints; done by rank 0
+    alone under a launcher, every rank gets the same output."""
+
+    def publish() -> tuple[Path, str]:
+        published = publish_adapter(model, adapter_name, out_root, run.history, metrics)
+        remove_checkpoints(checkpoint_dir)
+        return published
+
+    folder, digest = on_main_process(publish)
+    return TrainOutput.from_metrics(folder, digest, metrics)
 
 
 def run_training(

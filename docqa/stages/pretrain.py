@@ -16,9 +16,7 @@ from docqa.settings import ModelSettings, PretrainSettings
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
-    on_main_process,
-    publish_adapter,
-    remove_checkpoints,
+    publish_training,
     run_training,
     trainer_arguments,
     training_dir,
@@ -110,20 +108,7 @@ def pretrain(
         "train_blocks": len(train_blocks),
         "general_blocks": len(mixed_in),  # of train_blocks: mixed-in general text
         "train_tokens": len(train_blocks) * settings.block_size,
-        "train_loss": run.train_loss,
-        "eval_loss": eval_loss,
+        **run.metrics(),
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
-        "seconds": run.seconds,
-        "resumed_from_step": run.resumed_from_step,
-        "selected_step": run.selected_step,
-        "processes": len(run.rank_digests),
-        "rank_digests": run.rank_digests,
     }
-
-    def publish() -> tuple[Path, str]:
-        published = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
-        remove_checkpoints(checkpoint_dir)
-        return published
-
-    folder, digest = on_main_process(publish)  # one publisher under a launcher
-    return TrainOutput.from_metrics(folder, digest, metrics)
+    return publish_training(model, ADAPTER_NAME, out_root, run, metrics, checkpoint_dir)

@@ -25,10 +25,8 @@ from docqa.stages.synthesize import read_qa
 from docqa.training import (
     LEAK_TOLERANCE,
     StepLogger,
-    on_main_process,
     packed_attention_leak,
-    publish_adapter,
-    remove_checkpoints,
+    publish_training,
     run_training,
     trainer_arguments,
     training_dir,
@@ -162,20 +160,7 @@ def sft(
         "general_examples": general,  # of train_examples: mixed-in general instructions
         "train_rows": len(rows),  # packed rows with packing, else examples
         "train_tokens": sum(len(ids) for ids in rows["input_ids"]),
-        "train_loss": run.train_loss,
-        "eval_loss": run.eval_loss,
-        "seconds": run.seconds,
-        "resumed_from_step": run.resumed_from_step,
-        "selected_step": run.selected_step,
-        "processes": len(run.rank_digests),
-        "rank_digests": run.rank_digests,
+        **run.metrics(),
         "packing": settings.packing,
     }
-
-    def publish() -> tuple[Path, str]:
-        published = publish_adapter(model, ADAPTER_NAME, out_root, run.history, metrics)
-        remove_checkpoints(checkpoint_dir)
-        return published
-
-    folder, digest = on_main_process(publish)  # one publisher under a launcher
-    return TrainOutput.from_metrics(folder, digest, metrics)
+    return publish_training(model, ADAPTER_NAME, out_root, run, metrics, checkpoint_dir)
