@@ -4,7 +4,8 @@ The server is `bench/openai_stub.py` (a test double, not a model: its pairs are 
 passage's first sentences). Every third request it receives fails, in turn with HTTP 500, HTTP 429 with
 `Retry-After: 1`, and a hung connection that outlasts `synthesize.request_timeout_s`. The run must still
 build the dataset, account for every chunk and log the figures; this script writes them, with the
-baseline (the same server without failures, same run), to docs/benchmarks.md.
+baseline (the same server without failures, same run), to docs/benchmarks.md, and the baseline's
+acceptance and requests/s to docs/throughputs.json (for `docqa estimate`).
 
     python bench/flaky_server_run.py
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.openai_stub import StubServer, json_pairs_responder
-from bench.report import write_section
+from bench.report import command_line, machine, record_figures, write_section
 
 SERVICE_S = 0.05
 HANG_S = 5.0
@@ -148,7 +149,50 @@ def main() -> None:
         "without failures, in the same session.\n\n" + table(healthy, flaky)
     )
     write_section("flaky_server_run", body)
+    record_figures(
+        "flaky_server_run",
+        command_line("bench/flaky_server_run.py"),
+        figures(healthy),
+        device=f"{machine()}; the server on the same machine",
+    )
     print(body)
+
+
+def figures(healthy: dict) -> dict[str, dict]:
+    """The healthy baseline's acceptance and synthesis requests/s (the stub is a test double, not a model)."""
+    common = {
+        "stage": "synthesize",
+        "device_kind": "server",
+        "model": SETTINGS["synthesize.model"],
+        "backend": "openai",
+    }
+    pairs_asked = healthy["chunks"] * SETTINGS["synthesize.pairs_per_chunk"]
+    return {
+        "synthesize.acceptance.flaky-stub": {
+            **common,
+            "metric": "acceptance_rate",
+            "value": round(healthy["pairs_accepted"] / pairs_asked, 4),
+            "conditions": {
+                "chunks": healthy["chunks"],
+                "pairs_asked": pairs_asked,
+                "pairs_raw": healthy["pairs_raw"],
+                "pairs_accepted": healthy["pairs_accepted"],
+            },
+            "note": "bench/openai_stub.py's pairs are the passage's first sentences: a test double",
+        },
+        "synthesize.flaky-stub.c8": {
+            **common,
+            "metric": "requests_per_s",
+            "value": round(healthy["requests"] / healthy["synthesize_seconds"], 3),
+            "conditions": {
+                "concurrency": 8,
+                "requests": healthy["requests"],
+                "service_s": SERVICE_S,
+                "stage_seconds": healthy["synthesize_seconds"],
+            },
+            "note": "synthesize stage of the healthy baseline, reply filters included",
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The tiny bootstrap base in the same 4-bit form evaluation uses, greedy decoding, `evaluate.max_new_tokens`
 new tokens, on questions the extractive backend writes from Python reference topics. Baseline: batch
-size 1 (one question at a time), measured in the same run. Goal (issue 4): >= 3x faster batched.
+size 1 (one question at a time), measured in the same run. Goal (issue 4): >= 3x faster batched. Both
+answers/s figures also go to docs/throughputs.json (for `docqa estimate`).
 
     python bench/generation_batching.py [--questions 64] [--batch-size 16]
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import write_section
+from bench.report import command_line, record_figures, write_section
 from docqa.bootstrap import ensure_bootstrap_base
+from docqa.estimate import model_size
 from docqa.modeling import load_base_model, load_tokenizer
 from docqa.outputs import describe_base
 from docqa.settings import Recipe
@@ -70,7 +72,35 @@ def main() -> None:
         f"Identical greedy answers in both modes: {same}/{len(asked)}."
     )
     write_section("generation_batching", body)
+    record_figures(
+        "generation_batching",
+        command_line("bench/generation_batching.py"),
+        figures(recipe, str(model.device), {1: one_s, args.batch_size: batch_s}, len(asked)),
+    )
     print(body)
+
+
+def figures(recipe: Recipe, device: str, seconds: dict[int, float], questions: int) -> dict[str, dict]:
+    """Answers per second at each batch size, for `docqa estimate`."""
+    kind = "cpu" if device == "cpu" else "gpu"
+    return {
+        f"generate.{kind}.bootstrap.batch{batch_size}": {
+            "stage": "generate",
+            "metric": "questions_per_s",
+            "value": round(questions / elapsed, 2),
+            "device_kind": kind,
+            "model": "tiny bootstrap base (default model.bootstrap), 4-bit NF4",
+            "parameters": model_size(recipe)[1],
+            "conditions": {
+                "batch_size": batch_size,
+                "max_new_tokens": recipe.evaluate.max_new_tokens,
+                "questions": questions,
+                "seconds": round(elapsed, 1),
+            },
+            "note": "greedy answers, left padding",
+        }
+        for batch_size, elapsed in seconds.items()
+    }
 
 
 if __name__ == "__main__":

@@ -56,10 +56,11 @@ lower, `--examples 256` halves the training if the 10-minute limit is near):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 python3 bench/gpu_qlora.py \
-      --markdown $OUT/gpu_qlora.md; cp docs/benchmarks.md $OUT/
+      --markdown $OUT/gpu_qlora.md; cp docs/benchmarks.md docs/throughputs.json $OUT/
 
-It writes its section of docs/benchmarks.md (GPU, versions and the command included) and, with
-`--markdown`, the section alone; both come back through $OUT. datasets 5.2 asks for pyarrow >= 24: the
+It writes its section of docs/benchmarks.md (GPU, versions and the command included), both runs' real
+tokens/s to docs/throughputs.json (what `docqa estimate` reads for GPU training) and, with `--markdown`,
+the section alone; all come back through $OUT. datasets 5.2 asks for pyarrow >= 24: the
 report lists the pyarrow it found.
 
 A quick check of the whole path on any machine (tiny Llama, a few examples, 4-bit where bitsandbytes
@@ -86,7 +87,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import write_section
+from bench.report import command_line, record_figures, write_section
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -611,6 +612,43 @@ def main() -> None:
             write_section("gpu_qlora", body)
         except OSError as error:  # bench.report runs git, which a bare machine may lack
             print(f"docs/benchmarks.md not written: {error}", file=sys.stderr)
+        measured = figures(args, runs)
+        if measured:  # the device is named, so that no git is needed
+            device = next(iter(measured.values()))["device"]
+            record_figures("gpu_qlora", command_line("bench/gpu_qlora.py"), measured, device=device)
+
+
+def figures(args: argparse.Namespace, runs: dict) -> dict[str, dict]:
+    """Each finished run's real tokens/s, for `docqa estimate` (docs/throughputs.json)."""
+    resolved = settings(args)
+    found = {}
+    for name, run in runs.items():
+        if "error" in run:
+            continue
+        ours = name == "ours"
+        found[f"train.gpu.llama-2-7b-shape.{name}"] = {
+            "stage": "train",
+            "metric": "tokens_per_s",
+            "value": round(run["tokens_per_s"], 1),
+            "device_kind": "cpu" if run["device"] == "CPU" else "gpu",
+            "device": f"{run['device']}, CUDA {run['cuda']}",
+            "model": f"Llama-2-7B architecture, random weights, {run['quantized']}",
+            "parameters": parameter_count(resolved["shape"]),
+            "conditions": {
+                "packing": ours,
+                "gradient_checkpointing": ours,
+                "attn": run["attn"],
+                "liger": run["liger"],
+                "max_length": resolved["max_length"],
+                "batch_size": args.batch_size,
+                "micro_batch": run["micro_batch"],
+                "lora_rank": args.rank,
+                "padding": round(run["pad_fraction"], 3),
+                "peak_gib": None if run["peak_gib"] is None else round(run["peak_gib"], 1),
+            },
+            "note": "QLoRA training, real (non-padding) tokens per second after the warm-up steps",
+        }
+    return found
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
-"""Write a benchmark's section of docs/benchmarks.md, between its own markers, leaving the rest."""
+"""Write a benchmark's section of docs/benchmarks.md, between its own markers, leaving the rest; and merge
+its throughput figures into docs/throughputs.json, which `docqa estimate` reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shlex
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+THROUGHPUTS = BENCHMARKS.parent / "throughputs.json"
+THROUGHPUTS_ABOUT = (
+    "Throughputs the benchmarks in bench/ measured, read by `docqa estimate`. Each benchmark merges its "
+    "figures in by key when it runs; docs/benchmarks.md holds the full tables."
+)
 
 
 def machine() -> str:
@@ -32,3 +41,25 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
     BENCHMARKS.write_text(text)
+
+
+def command_line(script: str) -> str:
+    """How this benchmark was started, for its records: ``python bench/x.py --its --arguments``."""
+    return shlex.join(["python", script, *sys.argv[1:]])
+
+
+def record_figures(section: str, command: str, figures: dict[str, dict], device: str | None = None) -> None:
+    """Merge ``figures`` (key -> the fields of ``docqa.estimate.Figure`` but the stamp) into
+    docs/throughputs.json, each stamped with its section, the time, the machine and the command. Plain JSON,
+    so that a bare GPU machine without docqa's dependencies can record too; `docqa estimate` validates the
+    file when it reads it."""
+    stamp = {
+        "device": device or machine(),
+        "source": f"docs/benchmarks.md, section bench:{section}",
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "command": command,
+    }
+    data = json.loads(THROUGHPUTS.read_text()) if THROUGHPUTS.exists() else {"figures": {}}
+    data["about"] = THROUGHPUTS_ABOUT
+    data["figures"].update({key: {**stamp, **figure} for key, figure in figures.items()})
+    THROUGHPUTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,275 @@
+"""`docqa estimate`: counts from the documents, times from measured throughputs only, nothing heavy loaded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_BOOTSTRAP, write_topic_documents
+from pdf_factory import write_empty_file, write_image_only_pdf, write_report_pdf, write_text_file
+from rich.console import Console
+
+import bench.report
+from bench import gpu_qlora
+from docqa.estimate import (
+    CHARS_PER_TEXT_PAGE,
+    DEFAULT_THROUGHPUTS,
+    KNOWN_ARCHITECTURES,
+    Estimate,
+    estimate,
+    llama_parameters,
+    load_figures,
+    print_estimate,
+)
+from docqa.settings import load_recipe
+
+GPU_STAGES = ("pretrain", "sft", "evaluate · answers", "evaluate · perplexity")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_cpu_with_test_base(*overrides: str):
+    """The tiny-cpu recipe on the test session's bootstrap base (built by the tiny_base fixture)."""
+    bootstrap = [f"model.bootstrap.{key}={value}" for key, value in TINY_BOOTSTRAP.model_dump().items()]
+    return load_recipe("tiny-cpu", [*bootstrap, *overrides])
+
+
+def row(result: Estimate, stage: str):
+    return next(r for r in result.rows if r.stage == stage)
+
+
+def without_gpu_figures(folder: Path) -> Path:
+    """The shipped throughputs, less any GPU figure (so the test holds after the GPU bench has run)."""
+    data = json.loads(DEFAULT_THROUGHPUTS.read_text())
+    data["figures"] = {k: f for k, f in data["figures"].items() if f["device_kind"] != "gpu"}
+    path = folder / "throughputs.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def report_pdfs(tmp_path) -> Path:
+    docs = tmp_path / "pdfs"
+    docs.mkdir()
+    for pages in (1, 3, 7, 13):
+        write_report_pdf(docs / f"report-{pages}.pdf", pages=pages, title=f"Report {pages}")
+    return docs
+
+
+def test_shipped_throughputs_are_valid_and_cite_benchmark_sections():
+    figures, missing = load_figures(DEFAULT_THROUGHPUTS)
+    assert missing is None and figures
+    sections = (REPO / "docs" / "benchmarks.md").read_text()
+    for key, figure in figures.items():
+        assert figure.command.startswith("python bench/"), key
+        if figure.source.startswith("docs/benchmarks.md"):
+            section = figure.source.split("section ", 1)[1].split(" ", 1)[0]
+            assert f"<!-- {section} -->" in sections, f"{key} cites {section}, which docs/benchmarks.md lacks"
+
+
+def test_page_counts_are_the_real_pages(report_pdfs, tmp_path):
+    write_text_file(report_pdfs / "notes.txt", "A line of plain notes about the widgets.\n" * 200)
+    result = estimate(report_pdfs, load_recipe("tiny-cpu"))
+    pages = {d.name: d.pages for d in result.documents}
+    assert pages == {
+        "report-1.pdf": 1,
+        "report-3.pdf": 3,
+        "report-7.pdf": 7,
+        "report-13.pdf": 13,
+        "notes.txt": math.ceil(len("A line of plain notes about the widgets.\n" * 200) / CHARS_PER_TEXT_PAGE),
+    }
+    assert next(d for d in result.documents if d.name == "report-13.pdf").pages_read < 13  # sampled
+    assert result.work.pages == sum(pages.values())
+
+
+def test_chunk_estimate_is_near_what_the_chunker_makes(tmp_path, tiny_base):
+    from docqa.modeling import load_tokenizer
+    from docqa.stages.chunk import chunk_document
+    from docqa.stages.ingest import extract_document, list_documents
+
+    docs = write_topic_documents(tmp_path / "docs")
+    for pages in (3, 12):
+        write_report_pdf(docs / f"report-{pages}.pdf", pages=pages)
+    recipe = tiny_cpu_with_test_base()
+    result = estimate(docs, recipe)
+    assert result.tokenizer_used, result.token_method
+    tokenizer = load_tokenizer(tiny_base.path)
+    real = sum(
+        len(chunk_document(extract_document(path, recipe.ingest), tokenizer, recipe.chunk)[0])
+        for path in list_documents(docs, recipe.ingest)
+    )
+    assert 0.6 * real <= result.work.chunks <= 1.4 * real, (result.work.chunks, real)
+
+
+def test_split_follows_the_chunk_stage_rule():
+    from docqa.estimate import document_side
+    from docqa.settings import SplitSettings
+    from docqa.stages.chunk import document_split
+    from docqa.stages.ingest import DocumentRecord
+
+    for settings in (
+        SplitSettings(eval_fraction=0.3, seed=0),
+        SplitSettings(eval_fraction=0.5, seed=7),
+        SplitSettings(eval_fraction=0.1, eval_documents=["held-*"]),
+    ):
+        for i in range(40):
+            name, sha = f"{'held-' if i % 9 == 0 else ''}doc{i}.pdf", f"{i:064x}"
+            record = DocumentRecord(
+                doc_id=sha[:16],
+                path=name,
+                name=name,
+                sha256=sha,
+                title=name,
+                status="ok",
+                reason=None,
+                n_pages=1,
+                pages=[],
+                low_text_pages=0,
+            )
+            assert document_side(name, sha, settings) == document_split(record, settings)
+
+
+def test_without_a_tokenizer_the_count_is_labelled_an_approximation(report_pdfs):
+    recipe = load_recipe("tiny-cpu", ["model.bootstrap.seed=999"])  # a base nobody built
+    result = estimate(report_pdfs, recipe)
+    assert not result.tokenizer_used
+    assert "APPROXIMATION" in result.token_method
+    assert result.work.chunks > 0
+
+
+def test_gpu_stages_are_unknown_without_a_gpu_figure(report_pdfs, tmp_path):
+    result = estimate(report_pdfs, load_recipe("llama-2-7b-qlora"), without_gpu_figures(tmp_path))
+    assert result.device == "gpu"
+    assert result.parameters == llama_parameters(KNOWN_ARCHITECTURES["meta-llama/Llama-2-7b-hf"])
+    for stage in GPU_STAGES:
+        assert row(result, stage).seconds is None
+        assert "bench/" in row(result, stage).unknown
+    assert "bench/gpu_qlora.py" in row(result, "pretrain").unknown
+    synthesize = row(result, "synthesize")
+    assert synthesize.seconds is None and "--model meta-llama/Llama-2-13b-chat-hf" in synthesize.unknown
+    assert result.total_seconds is None and result.gpu_hours is None
+
+
+def test_a_measured_gpu_figure_gives_times_and_gpu_hours(report_pdfs, tmp_path, monkeypatch):
+    """The GPU bench's own figure writer, into a test file: measured for 7B, scaled (labelled) for 8B."""
+    path = without_gpu_figures(tmp_path)
+    monkeypatch.setattr(bench.report, "THROUGHPUTS", path)
+    args = argparse.Namespace(
+        smoke=False,
+        examples=None,
+        max_length=None,
+        warmup_steps=None,
+        cache_dir=str(tmp_path),
+        batch_size=8,
+        rank=64,
+    )
+    ours = {
+        "tokens_per_s": 3000.0,
+        "device": "NVIDIA H100 80GB HBM3",
+        "cuda": "12.4",
+        "quantized": "4-bit NF4",
+        "attn": "sdpa",
+        "liger": "on",
+        "micro_batch": 8,
+        "pad_fraction": 0.0,
+        "peak_gib": 21.0,
+    }
+    runs = {"baseline": {"name": "baseline", "error": "out of GPU memory"}, "ours": ours}
+    bench.report.record_figures(
+        "gpu_qlora", "python bench/gpu_qlora.py", gpu_qlora.figures(args, runs), "H100"
+    )
+
+    seven = estimate(report_pdfs, load_recipe("llama-2-7b-qlora"), path)
+    pretrain = row(seven, "pretrain")
+    assert pretrain.seconds == pytest.approx(seven.work.pretrain_tokens / 3000.0)
+    assert pretrain.gpu_hours == pytest.approx(pretrain.seconds / 3600)
+    assert pretrain.source.startswith("measured") and "train.gpu.llama-2-7b-shape.ours" in pretrain.source
+    assert row(seven, "sft").seconds == pytest.approx(seven.work.sft_tokens / 3000.0)
+    assert row(seven, "evaluate · perplexity").seconds == pytest.approx(seven.work.scored_tokens / 9000.0)
+    assert row(seven, "evaluate · answers").seconds is None  # no generation figure on a GPU
+
+    eight = estimate(report_pdfs, load_recipe("llama-3-8b-qlora"), path)
+    scaled = row(eight, "pretrain")
+    factor = gpu_qlora.parameter_count(gpu_qlora.LLAMA2_7B) / eight.parameters
+    assert scaled.throughput == pytest.approx(3000.0 * factor)
+    assert "scaled" in scaled.source and "6·N" in scaled.source
+
+
+def test_synthesis_requests_follow_pairs_per_chunk(report_pdfs):
+    judged = ["synthesize.judge=true"]
+    five = estimate(report_pdfs, load_recipe("llama-2-7b-qlora", [*judged, "synthesize.pairs_per_chunk=5"]))
+    ten = estimate(report_pdfs, load_recipe("llama-2-7b-qlora", [*judged, "synthesize.pairs_per_chunk=10"]))
+    assert five.work.chunks == ten.work.chunks > 0
+    assert ten.work.pairs_requested == 2 * five.work.pairs_requested
+    assert abs(ten.work.judge_requests - 2 * five.work.judge_requests) <= 1
+    assert row(ten, "synthesize · judge").quantity == ten.work.judge_requests
+    assert row(ten, "synthesize").quantity == five.work.chunks  # one generation request a chunk
+    assert abs(ten.work.qa_train - 2 * five.work.qa_train) <= 1
+
+
+def test_unreadable_and_duplicate_documents_are_reported_not_counted(report_pdfs):
+    shutil.copy(report_pdfs / "report-3.pdf", report_pdfs / "copy-of-3.pdf")
+    write_empty_file(report_pdfs / "empty.pdf")
+    write_image_only_pdf(report_pdfs / "scan.pdf")
+    result = estimate(report_pdfs, load_recipe("tiny-cpu"))
+    by_name = {d.name: d for d in result.documents}
+    assert by_name["empty.pdf"].problem and by_name["scan.pdf"].problem
+    assert by_name["report-3.pdf"].duplicate_of == "copy-of-3.pdf"  # files are read in name order
+    assert by_name["report-3.pdf"].split is None and by_name["copy-of-3.pdf"].split is not None
+    assert result.work.pages == 1 + 3 + 7 + 13
+    assert any("scan.pdf" in note for note in result.notes)
+
+
+def test_a_missing_throughputs_file_leaves_every_time_unknown(report_pdfs, tmp_path):
+    result = estimate(report_pdfs, load_recipe("tiny-cpu"), tmp_path / "none.json")
+    assert all(r.seconds is None and "none.json" in r.unknown for r in result.rows)
+    assert result.work.acceptance_source.startswith("ASSUMED")
+
+
+def test_printed_estimate_names_unknowns_and_sources(report_pdfs, tmp_path):
+    console = Console(record=True, width=200)
+    print_estimate(
+        report_pdfs,
+        load_recipe("llama-2-7b-qlora"),
+        throughputs=without_gpu_figures(tmp_path),
+        console=console,
+    )
+    text = console.export_text()
+    assert "unknown" in text and "bench/gpu_qlora.py" in text and "APPROXIMATION" in text
+
+
+def test_parameter_counts_match_the_published_sizes():
+    assert llama_parameters(KNOWN_ARCHITECTURES["meta-llama/Llama-2-7b-hf"]) == gpu_qlora.parameter_count(
+        gpu_qlora.LLAMA2_7B
+    )
+    billions = {name: llama_parameters(shape) / 1e9 for name, shape in KNOWN_ARCHITECTURES.items()}
+    assert billions["meta-llama/Llama-2-7b-hf"] == pytest.approx(6.74, abs=0.01)
+    assert billions["meta-llama/Llama-2-13b-hf"] == pytest.approx(13.02, abs=0.01)
+    assert billions["meta-llama/Meta-Llama-3-8B"] == pytest.approx(8.03, abs=0.01)
+
+
+def test_estimating_loads_no_model_library(report_pdfs):
+    code = (
+        "import sys; from pathlib import Path; from docqa.estimate import estimate; "
+        "from docqa.settings import load_recipe; "
+        f"estimate(Path({str(report_pdfs)!r}), load_recipe('llama-2-7b-qlora')); "
+        f"estimate(Path({str(report_pdfs)!r}), load_recipe('tiny-cpu')); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'datasets') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_shipped_recipe_estimates(report_pdfs):
+    from docqa.settings import RECIPES_DIR
+
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        result = estimate(report_pdfs, load_recipe(path))
+        assert result.work.chunks > 0, path.stem
+        assert all((r.seconds is None) == (r.unknown is not None) for r in result.rows), path.stem
