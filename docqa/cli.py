@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe, resolve_shipped
+from docqa.settings import FLOW_SECTIONS, RECIPES_DIR, SettingsError, load_recipe, resolve_shipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -43,7 +43,14 @@ def configure_environment(workspace: Path) -> dict[str, str]:
 @app.command()
 def run(
     docs: Annotated[
-        Path | None, typer.Option(help="folder of PDFs (.txt/.md too); default: the sample corpus")
+        str | None,
+        typer.Option(
+            help="folder of PDFs (.txt/.md too) or any fsspec URL (s3://bucket/prefix); "
+            "default: the sample corpus"
+        ),
+    ] = None,
+    arxiv: Annotated[
+        list[str] | None, typer.Option(help="an arXiv id to add (repeat the option for more)")
     ] = None,
     workspace: Annotated[Path, typer.Option(help="where outputs, reports and the MLflow store go")] = Path(
         "workspace"
@@ -57,13 +64,11 @@ def run(
 ) -> None:
     """Run the whole pipeline locally and print what each stage did."""
     try:
-        settings = load_recipe(recipe, overrides)
+        settings = load_recipe(recipe, [*(overrides or []), *arxiv_overrides(arxiv)])
     except SettingsError as error:
         console.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(2) from error
-    if docs is not None and not docs.is_dir():
-        console.print(f"[red]--docs {docs} is not a folder[/red]", soft_wrap=True)
-        raise typer.Exit(2)
+    docs = check_docs(docs)
     workspace = workspace.resolve()
     configure_environment(workspace)
     from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
@@ -71,11 +76,11 @@ def run(
     console.rule(f"docqa · recipe {settings.name} · workspace {workspace}")
     try:
         docqa_pipeline(
-            docs=str(docs.resolve()) if docs else None,
+            docs=docs,
             workspace=str(workspace),
             recipe_name=settings.name,
             experiment=settings.experiment,
-            **{section: getattr(settings, section) for section in ("model", "split", *STAGES)},
+            **{section: getattr(settings, section) for section in FLOW_SECTIONS},
         )
     except Exception as error:
         report = _latest_report(workspace)
@@ -86,6 +91,22 @@ def run(
     report = _latest_report(workspace)
     print_summary(report)
     print_ui_commands(report, workspace)
+
+
+def arxiv_overrides(ids: list[str] | None) -> list[str]:
+    return [f"source.arxiv_ids={json.dumps(ids)}"] if ids else []
+
+
+def check_docs(docs: str | None) -> str | None:
+    """A local folder (made absolute) or a URL; anything else stops here with exit code 2."""
+    if docs is None or "://" in docs:
+        return docs
+    if not Path(docs).is_dir():
+        console.print(
+            f"[red]--docs {docs} is neither a folder nor a URL (s3://…, https://…)[/red]", soft_wrap=True
+        )
+        raise typer.Exit(2)
+    return str(Path(docs).resolve())
 
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"
@@ -138,6 +159,184 @@ def sweep(
         if key not in ("variant", "mlflow_run_id"):
             table.add_row(key, *(str(row[key]) for row in rows))
     console.print(table)
+
+
+@app.command()
+def deploy(
+    docs: Annotated[str, typer.Option(help="the documents location to train on and watch (folder or URL)")],
+    workspace: Annotated[
+        str, typer.Option(help="the workspace every worker reaches (a shared path)")
+    ] = "workspace",
+    recipe: Annotated[
+        str | None, typer.Option(help="recipe file or shipped name: the pipeline's defaults")
+    ] = None,
+    pool_type: Annotated[str, typer.Option(help="process | docker | kubernetes")] = "process",
+    gpus: Annotated[int, typer.Option(help="GPUs behind the GPU pool (one training job each)")] = 1,
+    watch_cron: Annotated[str, typer.Option(help="how often the watcher looks")] = "*/5 * * * *",
+    debounce_s: Annotated[int, typer.Option(help="a burst of changes within this makes one run")] = 120,
+    cpu_image: Annotated[str, typer.Option(help="docker/kubernetes: the CPU image")] = "docqa:cpu",
+    gpu_image: Annotated[str, typer.Option(help="docker/kubernetes: the GPU image")] = "docqa:gpu",
+) -> None:
+    """Create or update the work pools (docqa-cpu, docqa-gpu) and the deployments on PREFECT_API_URL."""
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[red]PREFECT_API_URL is not set: point it at your Prefect server, e.g. "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api[/red]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    from pydantic import ValidationError
+
+    from deployments.deploy import DeploySettings, apply
+
+    if "://" not in docs:
+        docs = str(Path(docs).resolve())
+    if "://" not in workspace:
+        workspace = str(Path(workspace).resolve())
+    try:
+        settings = DeploySettings(
+            pool_type=pool_type, docs=docs, workspace=workspace, recipe=recipe, gpus=gpus,
+            watch_cron=watch_cron, debounce_s=debounce_s, cpu_image=cpu_image, gpu_image=gpu_image,
+        )  # fmt: skip
+        applied = apply(settings)
+    except (ValidationError, SettingsError) as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from error
+    for name, action in applied["pools"].items():
+        console.print(f"work pool [bold]{name}[/bold] ({pool_type}): {action}")
+    for name, pool in applied["deployments"].items():
+        console.print(f"deployment [bold]{name}[/bold] → {pool}")
+    console.print(
+        "start the workers: prefect worker start --pool docqa-cpu   and, on the GPU machines, "
+        "prefect worker start --pool docqa-gpu",
+        soft_wrap=True,
+    )
+
+
+MODEL_HELP = (
+    "models:/docqa-<recipe>@champion, models:/<name>/<version>, an MLflow run id, runs:/<id>/model or a "
+    "package folder; default: the package of the workspace's latest run"
+)
+
+
+def _package_or_exit(model: str | None, workspace: Path) -> Path:
+    """The local package folder ``--model`` names; a reference that names none stops with exit code 2."""
+    from docqa.serving import locate_package
+
+    try:
+        return locate_package(model, workspace.resolve())
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from error
+
+
+@app.command()
+def ask(
+    questions: Annotated[list[str], typer.Argument(help="one or more questions, answered in one batch")],
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    workspace: Annotated[Path, typer.Option(help="where the MLflow store and run reports are")] = Path(
+        "workspace"
+    ),
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="answer length cap; default: the recipe's evaluate.max_new_tokens"),
+    ] = None,
+) -> None:
+    """Answer questions with the tuned model: greedy, with evaluation's prompt and generation code."""
+    from docqa.package import read_manifest
+    from docqa.serving import answer_questions, packaged_max_new_tokens
+
+    folder = _package_or_exit(model, workspace)
+    manifest = read_manifest(folder)
+    answers = answer_questions(folder, questions, max_new_tokens or packaged_max_new_tokens(folder))
+    console.print(
+        f"model: {model or 'the latest run'} → {folder} (recipe {manifest.recipe})",
+        soft_wrap=True,
+        markup=False,
+    )
+    for question, answer in zip(questions, answers, strict=True):
+        console.print(f"\nQ: {question}", soft_wrap=True, markup=False, highlight=False)
+        typer.echo(f"A: {answer}")
+
+
+SERVE_HELP = (
+    "Serve the tuned model over an OpenAI-compatible API (/v1/chat/completions) until Ctrl-C.\n\n"
+    "Both adapters are merged into a full-precision copy of the base (built once per package, kept under "
+    "the docqa cache), which `transformers serve --continuous-batching` then serves.\n\n"
+    "On a GPU, vLLM serves faster. `vllm serve BASE --enable-lora --lora-modules pretrain=DIR sft=DIR` "
+    "registers the two adapters, but vLLM applies one LoRA per request (the one the request names as its "
+    "model), never both stacked: for this model give vLLM the merged folder this command prints, "
+    "`vllm serve MERGED_FOLDER`. docqa does not run vLLM; that route is untested here."
+)
+
+
+@app.command(help=SERVE_HELP)
+def serve(
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    workspace: Annotated[Path, typer.Option(help="where the MLflow store and run reports are")] = Path(
+        "workspace"
+    ),
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    kv_cache_blocks: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="KV-cache blocks (256 tokens each) for continuous batching; default: 90% of free GPU "
+            "memory, or 60% of RAM on CPU (slow to allocate there: 64 serve a few short chats)",
+        ),
+    ] = None,
+) -> None:
+    """Serve the merged model until Ctrl-C (see SERVE_HELP and :mod:`docqa.serving`, vLLM included)."""
+    from docqa.package import read_manifest
+    from docqa.serving import serve_until_stopped
+
+    folder = _package_or_exit(model, workspace)
+    manifest = read_manifest(folder)
+
+    def announce(served) -> None:
+        console.print(f"serving {folder} (recipe {manifest.recipe})", soft_wrap=True, markup=False)
+        console.print(f"base URL:   {served.base_url}", soft_wrap=True, markup=False)
+        console.print(f"model name: {served.model}", soft_wrap=True, markup=False)
+        console.print(
+            f"server log: {served.log_path}   (Ctrl-C stops the server)", soft_wrap=True, markup=False
+        )
+
+    try:
+        serve_until_stopped(folder, host, port, kv_cache_blocks, announce)
+    except KeyboardInterrupt:
+        console.print("server stopped")
+    except (RuntimeError, TimeoutError) as error:
+        console.print(f"[bold red]docqa serve failed:[/bold red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def estimate(
+    docs: Annotated[Path | None, typer.Option(help="folder of documents; default: the sample corpus")] = None,
+    recipe: Annotated[str | None, typer.Option(help="YAML file or shipped recipe name")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a setting")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | gpu; default: gpu when model.base is set, else cpu")
+    ] = None,
+    workspace: Annotated[Path, typer.Option(help="where the sample corpus is written")] = Path("workspace"),
+) -> None:
+    """Before anything runs: pages, chunks, tokens, synthesis requests, and time per stage from the
+    throughputs measured by the benchmarks (docs/throughputs.json); unknown where none was measured."""
+    try:
+        settings = load_recipe(recipe, overrides)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from error
+    if docs is not None and not docs.is_dir():
+        console.print(f"[red]--docs {docs} is not a folder[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    if device not in (None, "cpu", "gpu"):
+        console.print(f"[red]--device {device}: expected cpu or gpu[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    from docqa.estimate import print_estimate
+
+    print_estimate(docs, settings, device=device, workspace=workspace, console=console)
 
 
 @app.command("sample-corpus")

@@ -11,7 +11,6 @@ import pandas as pd
 
 from docqa.outputs import (
     LOG_HISTORY_FILE,
-    TOKENIZER_FILES,
     ChunkOutput,
     EvalOutput,
     SynthesizeOutput,
@@ -244,17 +243,12 @@ def record_parent(
     pretrained: TrainOutput,
     tuned: TrainOutput,
     evaluation: EvalOutput,
-    tokenizer_dir: Path | None,
 ) -> None:
-    """The parent run: the headline metrics, both adapters, the tokenizer, the combined loss curves."""
+    """The parent run: the headline metrics and the combined loss curves (both adapters and the
+    tokenizer go into the run's model package, logged as ``model``)."""
     run_id = report.mlflow_run_id
     tracker.log_metrics(run_id, evaluation_metrics(evaluation))
     tracker.log_metrics(run_id, {"trainable_parameters": tuned.trainable_parameters})
-    tracker.log_artifacts(run_id, Path(pretrained.adapter_path), "adapters/pretrain")
-    tracker.log_artifacts(run_id, Path(tuned.adapter_path), "adapters/sft")
-    if tokenizer_dir is not None:  # a local base: keep its tokenizer beside the adapters
-        for file in sorted({f for pattern in TOKENIZER_FILES for f in tokenizer_dir.glob(pattern)}):
-            tracker.log_artifact(run_id, file, "tokenizer")
     histories = {
         "pretrain": read_log_history(Path(pretrained.path)),
         "sft": read_log_history(Path(tuned.path)),

@@ -62,6 +62,10 @@ class RunReport(BaseModel):
     contamination: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict)
+    # lineage: the document set by content, and what changed since the last completed run here
+    corpus_fingerprint: str | None = None
+    documents_changed: dict[str, list[str]] | None = None  # added, changed, removed (paths)
+    registry: dict[str, Any] = Field(default_factory=dict)  # model version, alias, verdict, data diff
 
     def write(self, workspace: Path) -> Path:
         reports = workspace / "reports"

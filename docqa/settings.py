@@ -8,6 +8,7 @@ the first.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,50 @@ class IngestSettings(_Settings):
     def _problems(self) -> list[str]:
         bad = [e for e in self.extensions if not e.startswith(".")]
         return [f"extensions must start with a dot: {bad}"] if bad else []
+
+
+# New-style arXiv identifiers (2007 on: 0704.0001, 2101.00001) and old-style ones (hep-th/9901001,
+# math.GT/0309136), each with an optional version suffix.
+ARXIV_ID = re.compile(r"(?:\d{4}\.\d{4,5}|[a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?")
+
+
+class SourceSettings(_Settings):
+    """Where remote documents come from (fsspec URLs, arXiv) and how they are downloaded."""
+
+    arxiv_ids: list[str] = Field(
+        [],
+        description="arXiv papers to add to the documents, e.g. 2101.00001, 2101.00001v2, hep-th/9901001",
+    )
+    arxiv_url: str = Field(
+        "https://arxiv.org/pdf/{id}", description="URL template of an arXiv PDF; {id} is the paper's id"
+    )
+    download_timeout_s: float = Field(
+        60, gt=0, description="limit on connecting and on each read of one download, in seconds"
+    )
+    max_attempts: int = Field(
+        4, ge=1, le=20, description="tries per download (refused connections, timeouts, 429, 5xx); 404 once"
+    )
+    retry_initial_wait_s: float = Field(1.0, ge=0, description="first backoff between tries, doubled per try")
+    retry_max_wait_s: float = Field(30.0, ge=0, description="cap on one backoff between tries")
+    arxiv_request_interval_s: float = Field(
+        3.0, ge=0, description="pause between two arXiv downloads (arXiv asks for one request per 3 s)"
+    )
+    max_file_mb: float = Field(200, gt=0, description="a larger remote document is refused, not downloaded")
+
+    def _problems(self) -> list[str]:
+        problems = []
+        bad = [i for i in self.arxiv_ids if not ARXIV_ID.fullmatch(i)]
+        if bad:
+            problems.append(
+                f"arxiv_ids {bad} are not arXiv ids: write 2101.00001 (optionally v2) or hep-th/9901001"
+            )
+        if len(set(self.arxiv_ids)) != len(self.arxiv_ids):
+            problems.append("arxiv_ids lists an id twice")
+        if "{id}" not in self.arxiv_url:
+            problems.append("arxiv_url must contain {id}")
+        if self.retry_max_wait_s < self.retry_initial_wait_s:
+            problems.append("retry_max_wait_s must not be below retry_initial_wait_s")
+        return problems
 
 
 class ChunkSettings(_Settings):
@@ -392,6 +437,43 @@ class EvaluateSettings(_Settings):
         return []
 
 
+class RegistrySettings(_Settings):
+    """The MLflow model registry: each successful run becomes a version of ``docqa-<name>``; the alias
+    ``champion`` moves to it only when it beats the current champion on the same held-out data."""
+
+    enabled: bool = Field(True, description="register each successful run as a model version")
+    model_name: str | None = Field(None, description="registered model name; empty: docqa-<recipe name>")
+    min_rougeL_gain: float = Field(
+        0.0, ge=0, description="held-out ROUGE-L must exceed the champion's by more than this"
+    )
+    max_perplexity_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="held-out perplexity must be below the champion's times this (1: strictly lower)",
+    )
+    require_forgetting_pass: bool = Field(
+        True, description="a version that fails the forgetting gate is never champion"
+    )
+
+
+class ExecutionSettings(_Settings):
+    """Where the GPU stages run. Not part of the recipe: it changes where work happens, not what is
+    trained, so it is in no cache key."""
+
+    gpu_stages: Literal["local", "deployments"] = Field(
+        "local",
+        description="local: in the pipeline's own process; deployments: pretrain, sft and evaluate run as "
+        "flow runs of their deployments on the GPU work pool (what `docqa deploy` sets up)",
+    )
+    deployment_prefix: str = Field(
+        "docqa", description="stage deployments are <prefix>-pretrain, <prefix>-sft, <prefix>-evaluate"
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="how long to wait for one stage's flow run; empty: as long as it takes"
+    )
+
+
 class Recipe(_Settings):
     """Everything a run needs. A YAML recipe sets any subset; the rest are these defaults."""
 
@@ -399,6 +481,7 @@ class Recipe(_Settings):
     description: str = "Embedded default: tiny bootstrap Llama, 4-bit QLoRA on CPU, extractive Q&A."
     experiment: str = Field("docqa", description="MLflow experiment name")
     model: ModelSettings = ModelSettings()
+    source: SourceSettings = SourceSettings()
     ingest: IngestSettings = IngestSettings()
     chunk: ChunkSettings = ChunkSettings()
     split: SplitSettings = SplitSettings()
@@ -411,6 +494,7 @@ class Recipe(_Settings):
         learning_rate=1e-3, batch_size=2, epochs=3.0, lora=LoraSettings(r=16, alpha=32)
     )
     evaluate: EvaluateSettings = EvaluateSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     def _problems(self) -> list[str]:
         problems = []
@@ -445,6 +529,8 @@ class Recipe(_Settings):
 
 
 STAGES = ("ingest", "chunk", "synthesize", "pretrain", "sft", "evaluate")
+# the recipe sections the pipeline flow takes as parameters (besides its name and experiment)
+FLOW_SECTIONS = ("model", "source", "split", *STAGES, "registry")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+import docqa
 from docqa.outputs import with_perplexity
 from docqa.secrets import redact
 
@@ -25,6 +28,22 @@ PARAM_VALUE_LIMIT = 6000
 BATCH_LIMIT = 900  # MLflow accepts at most 1000 metrics / 100 params per batch
 PARAM_BATCH_LIMIT = 90
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+
+def code_version() -> str:
+    """The git commit docqa runs from (``+dirty`` with uncommitted changes), else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    git = shutil.which("git")
+    if git and (root / ".git").exists():
+        head = subprocess.run([git, "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0:
+            status = subprocess.run(
+                [git, "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+            )
+            return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    return f"docqa {docqa.__version__}"
 
 
 def tracking_uri(workspace: Path) -> str:

@@ -13,14 +13,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.runtime import flow_run
-from pydantic import Field
+from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel, Field
 
 from docqa.hashing import file_digest, fingerprint_files
 from docqa.outputs import EvalOutput, SynthesizeOutput, read_generations
+from docqa.package import read_manifest
+from docqa.promotion import PACKAGE_ARTIFACT, package_run, register_and_promote
 from docqa.records import StageRecorder, record_parent
+from docqa.registry import headline_metrics
 from docqa.report import RunReport
 from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
@@ -28,23 +32,32 @@ from docqa.secrets import redact
 from docqa.settings import (
     ChunkSettings,
     EvaluateSettings,
+    ExecutionSettings,
     IngestSettings,
     ModelSettings,
     PretrainSettings,
     Recipe,
+    RegistrySettings,
     SFTSettings,
+    SourceSettings,
     SplitSettings,
     SynthesizeSettings,
     flatten,
 )
 from docqa.stages.ingest import list_documents
-from docqa.tracking import Tracker
+from docqa.tracking import Tracker, code_version
+from docqa.watch import changes_since_trained, fingerprint, write_state
+from docqa.workspace import read_json
+from flows.stages import GPU_STAGES, OUTPUT_TYPES, stage_result_path
+from tasks.caching import run_cached
 from tasks.stages import (
     base_model_task,
     chunk_task,
     evaluate_task,
+    fetch_documents_task,
     ingest_task,
     pretrain_task,
+    rescore_champion_task,
     sft_task,
     synthesize_task,
 )
@@ -68,23 +81,26 @@ class StageFailed(RuntimeError):
 class PipelineRun:
     """Bookkeeping for one flow run: times each stage, records it, writes the report even on failure."""
 
-    def __init__(self, workspace: Path, docs: Path, recipe: Recipe):
+    def __init__(self, workspace: Path, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
         self.workspace = workspace
+        self.execution = execution
         self.tracker = Tracker(workspace, recipe.experiment)
         self.report = RunReport(
             flow_run_id=str(flow_run.id or "local"),
             flow_run_name=str(flow_run.name or "local"),
             recipe=recipe.name,
             workspace=str(workspace),
-            docs=str(docs),
+            docs=docs or "(arXiv only)",
         )
         self.report.mlflow_run_id = self.tracker.start_parent(
             self.report.flow_run_name,
             {
                 "prefect.flow_run_id": self.report.flow_run_id,
                 "prefect.flow_run_name": self.report.flow_run_name,
+                "prefect.deployment": str(deployment.name or "none (run locally)"),
                 "docqa.recipe": recipe.name,
                 "docqa.docs": str(docs),
+                "docqa.code_version": code_version(),
             },
         )
         self.report.links["mlflow_run"] = self.tracker.run_url(self.report.mlflow_run_id)
@@ -105,20 +121,20 @@ class PipelineRun:
             kwargs.update(mlflow_uri=self.tracker.uri, mlflow_run_id=run_id)
         self.logger.info("stage %s: starting", name)
         started = time.perf_counter()
-        state = task(**kwargs, return_state=True)
-        output = state.result(raise_on_failure=False)
-        if state.name == "Cached" and not (Path(output.path).exists() and output.complete):
-            self.logger.warning(
-                "stage %s: cached output %s is gone or incomplete; running again", name, output.path
-            )
-            state = task.with_options(refresh_cache=True)(**kwargs, return_state=True)
-            output = state.result(raise_on_failure=False)
+        if self.execution.gpu_stages == "deployments" and name in GPU_STAGES:
+            error, output, cached = self._run_deployment(name, kwargs)
+        else:
+            state, output = run_cached(task, kwargs, self.logger)
+            error = f"{type(output).__name__}: {output}" if state.is_failed() else None
+            cached = state.name == "Cached"
         record.seconds = round(time.perf_counter() - started, 2)
-        if state.is_failed():
-            record.status, record.error = "failed", f"{type(output).__name__}: {output}"
+        if error is not None:
+            record.status, record.error = "failed", error
             self.tracker.end(run_id, "FAILED")
-            raise StageFailed(f"stage {name} failed: {record.error}") from output
-        record.status, record.cached = "completed", state.name == "Cached"
+            raise StageFailed(f"stage {name} failed: {error}") from (
+                output if isinstance(output, BaseException) else None
+            )
+        record.status, record.cached = "completed", cached
         self.tracker.set_tags(run_id, {"docqa.cached": record.cached})
         record.figures = self.recorder.record(name, run_id, output, record.cached)
         self.tracker.end(run_id)
@@ -130,6 +146,24 @@ class PipelineRun:
             record.figures,
         )
         return output
+
+    def _run_deployment(self, name: str, kwargs: dict[str, Any]) -> tuple[str | None, Any, bool]:
+        """(error, output, cached) of the stage run as a flow run of its deployment on the GPU pool."""
+        target = f"docqa-{name}/{self.execution.deployment_prefix}-{name}"
+        parameters = {
+            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in kwargs.items()
+        }
+        child = run_deployment(target, parameters=parameters, timeout=self.execution.timeout_s)
+        self.logger.info("stage %s: flow run %s of %s ended %s", name, child.name, target, child.state.name)
+        if not child.state.is_completed():  # a failed child leaves this run Completed unless checked
+            return (
+                f"flow run {child.name} ({child.id}) of {target} ended {child.state.name}: "
+                f"{child.state.message}",
+                None,
+                False,
+            )
+        record = read_json(stage_result_path(self.workspace, str(child.id)))
+        return None, OUTPUT_TYPES[name].model_validate(record["output"]), record["cached"]
 
     def review_dataset(self, qa: SynthesizeOutput, settings: SynthesizeSettings) -> None:
         """Pause until a person approves the dataset in the Prefect UI; stop the run if they reject it."""
@@ -182,7 +216,9 @@ def docqa_pipeline(
     workspace: str = "workspace",
     recipe_name: str = DEFAULTS.name,
     experiment: str = DEFAULTS.experiment,
+    skip_if_unchanged: bool = False,
     model: ModelSettings = DEFAULTS.model,
+    source: SourceSettings = DEFAULTS.source,
     ingest: IngestSettings = DEFAULTS.ingest,
     chunk: ChunkSettings = DEFAULTS.chunk,
     split: SplitSettings = DEFAULTS.split,
@@ -190,12 +226,36 @@ def docqa_pipeline(
     pretrain: PretrainSettings = DEFAULTS.pretrain,
     sft: SFTSettings = DEFAULTS.sft,
     evaluate: EvaluateSettings = DEFAULTS.evaluate,
+    registry: RegistrySettings = DEFAULTS.registry,
+    execution: ExecutionSettings = ExecutionSettings(),  # noqa: B008 (a frozen default, as the others)
 ) -> dict[str, Any]:
-    """PDFs in (``docs``; the bundled sample corpus when empty), held-out-evaluated LoRA adapters out."""
+    """PDFs in, held-out-evaluated LoRA adapters out, registered in MLflow behind a promotion gate.
+
+    Args:
+        docs: documents: a folder or any fsspec URL (s3://bucket/prefix); empty: the bundled sample
+            corpus (or only source.arxiv_ids when those are set)
+        workspace: where stage outputs, reports and the local MLflow store go (shared by workers)
+        recipe_name: names the run and the registered model (docqa-<recipe_name>)
+        experiment: the MLflow experiment
+        skip_if_unchanged: do nothing when the documents are those the last completed run trained on
+            (what the scheduled safety-net run sets)
+        model: the base model and its 4-bit quantisation
+        source: arXiv ids and how remote documents are downloaded
+        ingest: text extraction and cleaning
+        chunk: token-sized chunks
+        split: which documents are held out for evaluation
+        synthesize: the Q&A synthesis backend and its quality filters
+        pretrain: domain-adaptive pretraining (QLoRA)
+        sft: supervised fine-tuning on the Q&A (QLoRA, stacked on the pretraining adapter)
+        evaluate: held-out evaluation and the forgetting gate
+        registry: model registration and the champion gate
+        execution: where the GPU stages run: in this process, or as deployments on the GPU pool
+    """
     recipe = Recipe(
         name=recipe_name,
         experiment=experiment,
         model=model,
+        source=source,
         ingest=ingest,
         chunk=chunk,
         split=split,
@@ -203,20 +263,31 @@ def docqa_pipeline(
         pretrain=pretrain,
         sft=sft,
         evaluate=evaluate,
+        registry=registry,
     )
     root = Path(workspace).resolve()
-    docs_dir = Path(docs).resolve() if docs else ensure_sample_corpus(root / "sample-corpus")
-    run = PipelineRun(root, docs_dir, recipe)
+    if not docs and not source.arxiv_ids:
+        docs = str(ensure_sample_corpus(root / "sample-corpus"))
+    seen = fingerprint(docs, recipe.ingest.extensions) if docs else None
+    changed = changes_since_trained(root, docs, seen) if docs else None
+    if skip_if_unchanged and changed is not None and changed.empty:
+        get_run_logger().info("documents at %s unchanged since the last completed run: nothing to do", docs)
+        return {"status": "unchanged", "docs": docs}
+    run = PipelineRun(root, docs, recipe, execution)
+    run.report.documents_changed = changed.model_dump() if changed is not None else None
     try:
-        _run_stages(run, root, docs_dir, recipe)
+        _run_stages(run, root, docs, recipe)
     except BaseException as error:
         run.fail(error)
         raise
     run.complete()
+    if docs:  # what the watcher compares the location with from now on
+        write_state(root, "trained", docs, seen)
     return run.report.model_dump(mode="json")
 
 
-def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) -> None:
+def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) -> None:
+    docs_dir = fetch_documents_task(docs, recipe.source, recipe.ingest.extensions)
     ws = str(root)
     files = fingerprint_files(list_documents(docs_dir, recipe.ingest))
     started = time.perf_counter()
@@ -282,8 +353,29 @@ def _run_stages(run: PipelineRun, root: Path, docs_dir: Path, recipe: Recipe) ->
         judge=recipe.synthesize if recipe.evaluate.llm_judge else None,
     )
     tokenizer_dir = Path(base.path) if base.source != "hub" else None
-    record_parent(run.tracker, run.report, pretrained, tuned, evaluation, tokenizer_dir)
+    record_parent(run.tracker, run.report, pretrained, tuned, evaluation)
     _prefect_artifacts(run, evaluation, recipe.evaluate.sample_generations)
+    package = package_run(root, run.report, recipe, base, qa, pretrained, tuned, evaluation, tokenizer_dir)
+    run.report.outputs["model_package"] = str(package)
+    run.report.corpus_fingerprint = read_manifest(package).corpus_fingerprint
+    run.tracker.set_tags(
+        run.report.mlflow_run_id, {"docqa.corpus_fingerprint": run.report.corpus_fingerprint}
+    )
+    run.tracker.log_artifacts(run.report.mlflow_run_id, package, PACKAGE_ARTIFACT)
+    if recipe.registry.enabled:
+
+        def rescore(champion: Path) -> dict[str, float]:
+            run.logger.info("registry: scoring the champion on this run's held-out data")
+            scored = rescore_champion_task(ingested, chunks, qa, str(champion), recipe.evaluate, ws)
+            return headline_metrics(scored)
+
+        run.report.registry = register_and_promote(run.tracker, run.report, recipe, package, rescore)
+        run.logger.info(
+            "registry: %s is %s (%s)",
+            run.report.registry["model_uri"],
+            run.report.registry["alias"],
+            "; ".join(run.report.registry["verdict"]["reasons"]),
+        )
     if not evaluation.forgetting["passed"]:
         run.logger.warning(
             "forgetting gate failed: general-text perplexity rose %.3f× (evaluate.max_forgetting_ratio %s); "

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from docqa.outputs import read_log_history
-from docqa.settings import STAGES, load_recipe
+from docqa.settings import FLOW_SECTIONS, STAGES, load_recipe
 from docqa.tracking import Tracker
 from flows.pipeline import docqa_pipeline
 
@@ -95,7 +95,9 @@ def docqa_sweep(
             workspace=workspace,
             recipe_name=f"{settings.name}+{name}",
             experiment=settings.experiment,
-            **{section: getattr(settings, section) for section in ("model", "split", *STAGES)},
+            **{section: getattr(settings, section) for section in FLOW_SECTIONS if section != "registry"},
+            # variants are compared here, not promoted: none of them becomes the champion on its own
+            registry=settings.registry.model_copy(update={"enabled": False}),
         )
         rows.append(comparison_row(name, variants[name], report))
         histories[name] = {

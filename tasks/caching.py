@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.states import State
 from pydantic import BaseModel
 
 import docqa
@@ -61,3 +62,17 @@ def content_policy(*implementation: str) -> CachePolicy:
         )
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key) + TASK_SOURCE
+
+
+def run_cached(task, kwargs: dict[str, Any], logger) -> tuple[State, Any]:
+    """Run ``task`` (or take its cached result) and return (state, result or exception).
+
+    A cache hit whose output folder is gone or incomplete (deleted by hand, or a partial synthesis
+    that must be retried) runs again instead of handing downstream a path that is not there."""
+    state = task(**kwargs, return_state=True)
+    output = state.result(raise_on_failure=False)
+    if state.name == "Cached" and not (Path(output.path).exists() and output.complete):
+        logger.warning("%s: cached output %s is gone or incomplete; running again", task.name, output.path)
+        state = task.with_options(refresh_cache=True)(**kwargs, return_state=True)
+        output = state.result(raise_on_failure=False)
+    return state, output

@@ -20,6 +20,7 @@ from docqa.outputs import (
     SynthesizeOutput,
     TrainOutput,
     bootstrap_dir,
+    cache_root,
     describe_base,
 )
 from docqa.settings import (
@@ -29,6 +30,7 @@ from docqa.settings import (
     ModelSettings,
     PretrainSettings,
     SFTSettings,
+    SourceSettings,
     SplitSettings,
     SynthesizeSettings,
 )
@@ -61,6 +63,17 @@ def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
 
     folder, built = ensure_bootstrap_base(settings.bootstrap)
     return describe_base(str(folder), source="bootstrap"), built
+
+
+@task(name="fetch-documents", cache_policy=NO_CACHE)
+def fetch_documents_task(location: str | None, settings: SourceSettings, extensions: list[str]) -> Path:
+    """A local folder of the documents: a local folder as it is; a remote location (any fsspec URL) and
+    arXiv ids downloaded into the docqa cache, once per content."""
+    from docqa.sources import materialize_documents
+
+    if location is not None and Path(location).is_dir():
+        location = str(Path(location).resolve())
+    return materialize_documents(location, settings, cache_root() / "sources", extensions)
 
 
 @task(name="ingest", cache_policy=content_policy("docqa.stages.ingest"), persist_result=True)
@@ -205,4 +218,33 @@ def evaluate_task(
         settings,
         Path(workspace) / "evaluate",
         judge,
+    )
+
+
+@task(name="rescore-champion", cache_policy=NO_CACHE)
+def rescore_champion_task(
+    ingest: IngestOutput,
+    chunks: ChunkOutput,
+    qa: SynthesizeOutput,
+    champion: str,
+    settings: EvaluateSettings,
+    workspace: str,
+) -> EvalOutput:
+    """The champion's model (a package folder) scored on *this* run's held-out data, so the gate
+    compares figures measured on the same questions."""
+    from docqa.package import package_base, read_manifest
+    from docqa.stages.evaluate import evaluate_models
+
+    folder = Path(champion)
+    manifest = read_manifest(folder)
+    return evaluate_models(
+        Path(ingest.path),
+        Path(chunks.path),
+        Path(qa.path),
+        folder / "adapters" / "pretrain",
+        folder / "adapters" / "sft",
+        package_base(folder, manifest),
+        manifest.model,
+        settings.model_copy(update={"llm_judge": False}),
+        Path(workspace) / "evaluate-champion",
     )

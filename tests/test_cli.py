@@ -32,7 +32,7 @@ def test_invalid_settings_exit_2_and_list_every_problem():
 
 def test_missing_docs_folder_is_refused(tmp_path):
     result = runner.invoke(app, ["run", "--docs", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2 and "is not a folder" in output_of(result)
+    assert result.exit_code == 2 and "is neither a folder nor a URL" in output_of(result)
 
 
 def tiny_run_args(tmp_path) -> list[str]:

@@ -1,35 +1,101 @@
-"""The deployment as code points at the real flow, whose parameters are forms (pydantic models)."""
+"""Deployments and work pools as code: the flows they point at load, every parameter is a form, the GPU
+pool templates render to NVIDIA device requests, and the pipeline re-trains on the watcher's event."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-import yaml
+import pytest
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
+from prefect.utilities.templating import apply_values
 
-from docqa.settings import STAGES
+from deployments.deploy import CPU_POOL, GPU_POOL, DeploySettings, deployments, pools
+from docqa.settings import FLOW_SECTIONS
+from docqa.watch import EVENT, resource_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_pipeline_deployment_entrypoint_loads_the_flow(monkeypatch):
-    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
-    deployment = next(d for d in spec["deployments"] if d["name"] == "docqa-pipeline")
-    monkeypatch.chdir(ROOT)
-    flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    assert flow.name == "docqa-pipeline"
-    assert set(deployment.get("parameters", {})) <= set(parameter_schema(flow.fn).properties)
+def settings(tmp_path: Path, **overrides) -> DeploySettings:
+    return DeploySettings(docs=str(tmp_path / "docs"), workspace=str(tmp_path / "ws"), **overrides)
+
+
+def rendered(template: dict) -> dict:
+    """The job configuration a worker gets when a deployment sets no job variables: the defaults."""
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    return apply_values(template["job_configuration"], defaults)
 
 
 def test_every_stage_is_a_form_in_the_ui(monkeypatch):
     monkeypatch.chdir(ROOT)
     schema = parameter_schema(load_flow_from_entrypoint("flows/pipeline.py:docqa_pipeline").fn)
     definitions = schema.definitions
-    for parameter in ("model", "split", *STAGES):
+    for parameter in (*FLOW_SECTIONS, "execution"):
         reference = schema.properties[parameter]["$ref"].rsplit("/", 1)[-1]
-        fields = definitions[reference]["properties"]
-        assert fields, f"{parameter} renders as a form with fields"
+        assert definitions[reference]["properties"], f"{parameter} renders as a form with fields"
+        assert schema.properties[parameter].get("description"), f"{parameter} has help text"
     pretrain = definitions[schema.properties["pretrain"]["$ref"].rsplit("/", 1)[-1]]["properties"]
     assert "lora" in pretrain and "learning_rate" in pretrain
     assert "description" in pretrain["block_size"]  # help text shown beside the field
+    assert pretrain["learning_rate"]["exclusiveMinimum"] == 0  # bounds the form enforces
+
+
+def test_docker_gpu_pool_requests_nvidia_devices_and_shared_memory(tmp_path):
+    templates = pools(settings(tmp_path, pool_type="docker", shm_size="16g"))
+    gpu = rendered(templates[GPU_POOL]["template"])
+    assert gpu["container_create_kwargs"]["device_requests"] == [
+        {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
+    ]
+    assert gpu["container_create_kwargs"]["shm_size"] == "16g"
+    assert gpu["image"] == "docqa:gpu"
+    cpu = rendered(templates[CPU_POOL]["template"])
+    assert "container_create_kwargs" not in cpu and cpu["image"] == "docqa:cpu"
+
+
+def test_kubernetes_gpu_pool_limits_gpus_and_targets_gpu_nodes(tmp_path):
+    gpu = rendered(pools(settings(tmp_path, pool_type="kubernetes"))[GPU_POOL]["template"])
+    pod = gpu["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    cpu = rendered(pools(settings(tmp_path, pool_type="kubernetes"))[CPU_POOL]["template"])
+    assert (
+        "nvidia.com/gpu"
+        not in cpu["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_one_training_job_per_gpu(tmp_path, gpus):
+    assert pools(settings(tmp_path, gpus=gpus))[GPU_POOL]["concurrency_limit"] == gpus
+    assert pools(settings(tmp_path, gpus=gpus))[CPU_POOL]["concurrency_limit"] is None
+
+
+def test_the_pipeline_deployment_retrains_on_the_watchers_event(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    chosen = settings(tmp_path, debounce_s=90, safety_cron="0 4 * * *")
+    by_name = {d.name: (d, pool) for d, pool in deployments(chosen)}
+    assert {name: pool for name, (_, pool) in by_name.items()} == {
+        "docqa-pipeline": CPU_POOL,
+        "docqa-watch-documents": CPU_POOL,
+        "docqa-pretrain": GPU_POOL,
+        "docqa-sft": GPU_POOL,
+        "docqa-evaluate": GPU_POOL,
+    }
+    pipeline, _ = by_name["docqa-pipeline"]
+    [trigger] = pipeline.triggers
+    assert trigger.expect == {EVENT}
+    assert trigger.match.model_dump() == {"prefect.resource.id": resource_id(chosen.docs)}
+    assert trigger.within == timedelta(seconds=90) and trigger.schedule_after == timedelta(seconds=90)
+    [schedule] = pipeline.schedules
+    assert schedule.schedule.cron == "0 4 * * *" and schedule.parameters == {"skip_if_unchanged": True}
+    assert pipeline.concurrency_limit == 1
+    assert pipeline.parameters["execution"] == {"gpu_stages": "deployments"}
+    assert pipeline.parameters["docs"] == str(tmp_path / "docs")
+    watcher, _ = by_name["docqa-watch-documents"]
+    assert watcher.parameters == {"docs": chosen.docs, "workspace": chosen.workspace}
+    for name in ("docqa-pretrain", "docqa-sft", "docqa-evaluate"):  # entrypoints the workers will load
+        deployment, _ = by_name[name]
+        assert load_flow_from_entrypoint(deployment.entrypoint).name == name

@@ -20,22 +20,31 @@ from mlflow.tracking import MlflowClient
 from pdf_factory import write_encrypted_pdf, write_report_pdf, write_truncated_pdf
 
 from bench.openai_stub import StubServer, chat_response, passage_of, sentence_pairs
-from docqa.modeling import load_adapted_model
+from docqa.modeling import load_adapted_model, load_tokenizer
+from docqa.package import load_packaged_model, resolve_model
 from docqa.secrets import API_KEY_ENV
-from docqa.settings import STAGES, Recipe, SynthesizeSettings
+from docqa.settings import FLOW_SECTIONS, STAGES, Recipe, SynthesizeSettings
 from docqa.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
 
-RECIPE = tiny_recipe(split={"eval_documents": ["names.txt"], "eval_fraction": 0.01})
+# a lenient forgetting gate: the first run becomes the registry's champion, so later runs are compared
+RECIPE = tiny_recipe(
+    split={"eval_documents": ["names.txt"], "eval_fraction": 0.01}, evaluate={"max_forgetting_ratio": 10.0}
+)
 
 
-def run_pipeline(docs: Path, workspace: Path, recipe: Recipe = RECIPE) -> dict:
+def run_pipeline(docs: Path, workspace: Path, recipe: Recipe = RECIPE, **options) -> dict:
     from flows.pipeline import docqa_pipeline
 
-    sections = {name: getattr(recipe, name) for name in ("model", "split", *STAGES)}
+    sections = {name: getattr(recipe, name) for name in FLOW_SECTIONS}
     return docqa_pipeline(
-        docs=str(docs), workspace=str(workspace), recipe_name=recipe.name, experiment="docqa-test", **sections
+        docs=str(docs),
+        workspace=str(workspace),
+        recipe_name=recipe.name,
+        experiment="docqa-test",
+        **sections,
+        **options,
     )
 
 
@@ -130,10 +139,18 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
     inputs = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
     assert set(inputs) == {"chunks", "qa_train", "qa_eval"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"adapters", "loss_curves.png", "report", "tokenizer"} <= artifacts
+    assert {"model", "loss_curves.png", "report"} <= artifacts
     assert "pretrain_loss.png" in {a.path for a in client.list_artifacts(pretrain_run.info.run_id)}
-    # the logged adapters load again and give the same logits as the workspace's
-    downloaded = Path(client.download_artifacts(parent.info.run_id, "adapters", str(workspace / "download")))
+    # the registered champion loads from the registry alone and gives the workspace model's logits
+    registry = report["registry"]
+    assert (registry["model_name"], registry["version"], registry["alias"]) == (
+        "docqa-tiny-test",
+        "1",
+        "champion",
+    )
+    assert client.get_model_version_by_alias("docqa-tiny-test", "champion").run_id == parent.info.run_id
+    folder = resolve_model("models:/docqa-tiny-test@champion", tracking_uri(workspace))
+    assert folder != Path(report["outputs"]["model_package"])  # downloaded, not the workspace's copy
     outputs = report["outputs"]
     batch = torch.randint(0, 500, (1, 16))
     with torch.no_grad():
@@ -142,10 +159,11 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
             RECIPE.model,
             {"pretrain": Path(outputs["pretrain_adapter"]), "sft": Path(outputs["sft_adapter"])},
         )(input_ids=batch).logits
-        logged = load_adapted_model(
-            tiny_base, RECIPE.model, {"pretrain": downloaded / "pretrain", "sft": downloaded / "sft"}
-        )(input_ids=batch).logits
+        model, tokenizer, manifest = load_packaged_model(folder)
+        logged = model(input_ids=batch).logits
     assert torch.equal(local, logged)
+    assert manifest.base.digest == tiny_base.digest and manifest.base_packaged
+    assert tokenizer.get_vocab() == load_tokenizer(tiny_base.path).get_vocab()
 
 
 def test_prefect_holds_link_and_metrics_artifacts(cold):
@@ -168,6 +186,23 @@ def test_second_run_trains_nothing(cold, corpus):
     assert second["counts"]["synthesis_requests"] == 0
     assert second["metrics"] == first["metrics"]
     assert second["mlflow_run_id"] != first["mlflow_run_id"]  # a parent run of its own, complete on its own
+    # the same figures do not beat the champion: the new version is a challenger, and says why
+    verdict = second["registry"]["verdict"]
+    assert second["registry"]["alias"] == "challenger" and verdict["compared_on"] == "same-heldout"
+    assert verdict["champion_version"] == first["registry"]["version"]
+    assert any("ROUGE-L" in r for r in verdict["reasons"]) and any(
+        "perplexity" in r for r in verdict["reasons"]
+    )
+    assert second["registry"]["data_diff"]["documents_added"] == []
+
+
+def test_the_safety_net_run_does_nothing_when_the_documents_are_unchanged(cold, corpus):
+    first, workspace = cold
+    assert sorted(first["documents_changed"]["added"]) == sorted(p.name for p in corpus.iterdir())
+    assert run_pipeline(corpus, workspace, skip_if_unchanged=True) == {
+        "status": "unchanged",
+        "docs": str(corpus),
+    }
 
 
 def test_changing_a_training_setting_retrains_but_reuses_the_data(cold, corpus):
@@ -236,6 +271,8 @@ def test_adding_a_document_processes_only_that_document(cold, corpus, tmp_path):
     new = next(d for d in report["documents"] if d["path"].endswith("operators.txt"))
     assert new["chunks"] > 0
     assert report["counts"]["synthesis_requests"] == new["chunks"]
+    assert report["registry"]["data_diff"]["documents_added"] == [new["path"]]
+    assert report["registry"]["data_diff"]["documents_removed"] == []
     assert not any(report["stages"][s]["cached"] for s in ("pretrain", "sft", "evaluate"))
     before = {Path(d["path"]).name: d["split"] for d in first["documents"]}
     after = {Path(d["path"]).name: d["split"] for d in report["documents"]}

@@ -1,0 +1,65 @@
+"""What a documents location held when it was last trained on, and when it was last announced.
+
+Two small JSON files per location under ``WORKSPACE/state/``: ``trained-<key>.json``, written by a
+pipeline run that completed (the fingerprints it saw when it started), and ``announced-<key>.json``,
+written by the watcher when it emits ``docqa.documents.changed``. The watcher announces a change once:
+while the triggered run is pending the location still differs from what was trained, but not from what
+was announced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from docqa.hashing import json_digest
+from docqa.sources import DocumentDiff, diff_fingerprints, fingerprint_location, local_folder
+from docqa.workspace import read_json, write_json_atomic
+
+EVENT = "docqa.documents.changed"
+RESOURCE_PREFIX = "docqa.documents."
+
+
+class LocationState(BaseModel):
+    location: str
+    fingerprints: dict[str, str]  # relative name → content fingerprint (docqa.sources)
+
+
+def canonical_location(location: str) -> str:
+    """A local folder as an absolute path (so ``docs`` and ``./docs`` are one location); URLs as given."""
+    folder = local_folder(location)
+    return str(folder.resolve()) if folder is not None and "://" not in location else location.rstrip("/")
+
+
+def location_key(location: str) -> str:
+    return json_digest(canonical_location(location))[:16]
+
+
+def resource_id(location: str) -> str:
+    """The event resource a location's changes are announced on (what deployment triggers match)."""
+    return f"{RESOURCE_PREFIX}{location_key(location)}"
+
+
+def _path(workspace: Path, kind: str, location: str) -> Path:
+    return workspace / "state" / f"{kind}-{location_key(location)}.json"
+
+
+def read_state(workspace: Path, kind: str, location: str) -> dict[str, str] | None:
+    """The fingerprints last ``trained`` on or ``announced`` for a location; None when never."""
+    path = _path(workspace, kind, location)
+    return LocationState.model_validate(read_json(path)).fingerprints if path.is_file() else None
+
+
+def write_state(workspace: Path, kind: str, location: str, fingerprints: dict[str, str]) -> None:
+    state = LocationState(location=canonical_location(location), fingerprints=fingerprints)
+    write_json_atomic(_path(workspace, kind, location), state)
+
+
+def changes_since_trained(workspace: Path, location: str, current: dict[str, str]) -> DocumentDiff:
+    """Everything is new when the location was never trained on."""
+    return diff_fingerprints(read_state(workspace, "trained", location) or {}, current)
+
+
+def fingerprint(location: str, extensions: list[str]) -> dict[str, str]:
+    return fingerprint_location(canonical_location(location), extensions)

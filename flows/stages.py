@@ -1,0 +1,90 @@
+"""The GPU stages as flows of their own, so that they can run as deployments on a GPU work pool.
+
+With ``execution.gpu_stages=deployments`` the pipeline (on a CPU pool) starts these with
+``run_deployment`` and waits: each is a flow run in the Prefect UI, linked to the pipeline run as its
+parent. A stage flow runs the very task the pipeline runs locally (same cache keys, so a stage done in
+either mode is not done again) and leaves its result in the shared workspace, where the pipeline reads
+it: ``WORKSPACE/stage-results/<flow run id>.json``. A failing task fails the flow run, and the pipeline
+fails with it (``run_deployment`` alone would leave the parent Completed: see PITFALLS).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
+from docqa.settings import EvaluateSettings, ModelSettings, PretrainSettings, SFTSettings, SynthesizeSettings
+from docqa.stages.ingest import IngestOutput
+from docqa.workspace import write_json_atomic
+from tasks.caching import run_cached
+from tasks.stages import evaluate_task, pretrain_task, sft_task
+
+OUTPUT_TYPES = {"pretrain": TrainOutput, "sft": TrainOutput, "evaluate": EvalOutput}
+GPU_STAGES = tuple(OUTPUT_TYPES)
+
+
+def stage_result_path(workspace: Path, flow_run_id: str) -> Path:
+    return Path(workspace) / "stage-results" / f"{flow_run_id}.json"
+
+
+def _run(stage: str, task, kwargs: dict[str, Any]) -> dict[str, Any]:
+    state, output = run_cached(task, kwargs, get_run_logger())
+    if state.is_failed():
+        raise RuntimeError(f"stage {stage} failed: {type(output).__name__}: {output}") from output
+    record = {"stage": stage, "cached": state.name == "Cached", "output": output.model_dump(mode="json")}
+    write_json_atomic(stage_result_path(Path(kwargs["workspace"]), str(flow_run.id)), record)
+    return record
+
+
+@flow(name="docqa-pretrain", description="Domain-adaptive QLoRA pretraining (a GPU stage of docqa-pipeline)")
+def pretrain_stage(
+    chunks: ChunkOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: PretrainSettings,
+    workspace: str,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+    mixed_in_digest: str | None = None,
+) -> dict[str, Any]:
+    return _run("pretrain", pretrain_task, dict(locals()))  # the parameters, as the task takes them
+
+
+@flow(name="docqa-sft", description="SFT with QLoRA on the Q&A (a GPU stage of docqa-pipeline)")
+def sft_stage(
+    qa: SynthesizeOutput,
+    pretrained: TrainOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: SFTSettings,
+    workspace: str,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+    mixed_in_digest: str | None = None,
+) -> dict[str, Any]:
+    return _run("sft", sft_task, dict(locals()))  # the parameters, as the task takes them
+
+
+@flow(
+    name="docqa-evaluate", description="Held-out evaluation, base vs adapted (a GPU stage of docqa-pipeline)"
+)
+def evaluate_stage(
+    ingest: IngestOutput,
+    chunks: ChunkOutput,
+    qa: SynthesizeOutput,
+    pretrained: TrainOutput,
+    tuned: TrainOutput,
+    base: BaseModelRef,
+    model: ModelSettings,
+    settings: EvaluateSettings,
+    workspace: str,
+    judge: SynthesizeSettings | None = None,
+) -> dict[str, Any]:
+    return _run("evaluate", evaluate_task, dict(locals()))  # the parameters, as the task takes them
+
+
+STAGE_FLOWS = {"pretrain": pretrain_stage, "sft": sft_stage, "evaluate": evaluate_stage}

@@ -1,0 +1,201 @@
+"""Operations end to end, against real servers on loopback: ``prefect server start`` and ``mlflow server``
+(SQLite), ``docqa deploy`` (process pools named as in production), a CPU and a GPU-pool worker. The
+pipeline deployment is run through the API as the UI's "Run" button does; then a new PDF lands in the
+watched folder, the watcher deployment announces it, and the pipeline deployment's trigger re-trains
+on its own. Checked: both runs complete, the second re-synthesises only the new document's chunks, the
+registry holds two versions, and the champion alias follows the gate's verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import tiny_recipe, write_topic_documents
+from pdf_factory import write_report_pdf
+
+from docqa.synthesis.serve import free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# the new PDF trains; the held-out set stays put, so the gate compares like with like
+# (and as little training and scoring as still exercises every stage: each flow run is a new process)
+RECIPE = tiny_recipe(
+    split={"eval_documents": ["names.txt"], "eval_fraction": 0.01},
+    pretrain={"max_steps": 2, "eval_steps": 100, "save_steps": 100},
+    sft={"max_steps": 2, "eval_steps": 100, "save_steps": 100},
+    evaluate={"max_questions": 4, "max_ppl_tokens": 400, "max_general_tokens": 400, "max_new_tokens": 8},
+).model_copy(update={"name": "integration"})
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{url}: the server exited:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+class Servers:
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root, self.env, self.processes = root, env, []
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = self.root / f"{name}.log"
+        with open(log, "w") as sink:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                command, env=self.env, stdout=sink, stderr=subprocess.STDOUT, cwd=self.root
+            )
+        self.processes.append((process, log))
+        return process
+
+    def stop(self) -> None:
+        for process, _ in reversed(self.processes):
+            process.terminate()
+        for process, _ in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
+    """Prefect and MLflow servers, pools and deployments applied by ``docqa deploy``, two workers."""
+    root = tmp_path_factory.mktemp("cluster")
+    prefect_port, mlflow_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+    }
+    servers = Servers(root, env)
+    prefect = servers.start(
+        "prefect-server",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+    )
+    mlflow = servers.start(
+        "mlflow-server",
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "mlartifacts"), "--workers", "1",
+         "--allowed-hosts", f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"],
+    )  # fmt: skip
+    try:
+        wait_for(f"{api}/health", prefect, root / "prefect-server.log")
+        wait_for(f"http://127.0.0.1:{mlflow_port}/health", mlflow, root / "mlflow-server.log")
+        docs = write_topic_documents(root / "watched")
+        recipe = root / "integration.yaml"
+        recipe.write_text(yaml.safe_dump(RECIPE.model_dump(mode="json")))
+        deployed = subprocess.run(
+            [str(BIN / "docqa"), "deploy", "--docs", str(docs), "--workspace", str(root / "workspace"),
+             "--recipe", str(recipe), "--debounce-s", "1", "--watch-cron", "0 0 1 1 *"],
+            env=env, capture_output=True, text=True, cwd=root,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        for pool in ("docqa-cpu", "docqa-gpu"):
+            servers.start(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool])
+        yield {"api": api, "docs": docs, "workspace": root / "workspace", "root": root,
+               "mlflow": env["MLFLOW_TRACKING_URI"], "deploy_output": deployed.stdout}  # fmt: skip
+    finally:
+        servers.stop()
+
+
+def deployment_id(api: str, name: str) -> str:
+    return httpx.get(f"{api}/deployments/name/{name}").raise_for_status().json()["id"]
+
+
+def run_deployment_as_ui(api: str, name: str) -> str:
+    """What the UI's "Run" does: create a flow run of the deployment with its default parameters."""
+    created = httpx.post(f"{api}/deployments/{deployment_id(api, name)}/create_flow_run", json={})
+    return created.raise_for_status().json()["id"]
+
+
+def wait_terminal(api: str, flow_run_id: str, root: Path, timeout_s: float = 600) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").raise_for_status().json()
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(1)
+    logs = "\n".join(p.read_text()[-2000:] for p in root.glob("worker-*.log"))
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout_s}s; workers:\n{logs}")
+
+
+def pipeline_runs(api: str) -> list[dict]:
+    query = {"deployments": {"id": {"any_": [deployment_id(api, "docqa-pipeline/docqa-pipeline")]}}}
+    return httpx.post(f"{api}/flow_runs/filter", json=query).raise_for_status().json()
+
+
+def report_of(workspace: Path, flow_run: dict) -> dict:
+    return json.loads((workspace / "reports" / f"{flow_run['name']}.json").read_text())
+
+
+def test_deploy_run_watch_retrain_and_promote(cluster):
+    from mlflow.tracking import MlflowClient
+
+    api, workspace, root = cluster["api"], cluster["workspace"], cluster["root"]
+    assert "docqa-pretrain/docqa-pretrain → docqa-gpu" in cluster["deploy_output"]
+
+    first_id = run_deployment_as_ui(api, "docqa-pipeline/docqa-pipeline")
+    first_run = wait_terminal(api, first_id, root)
+    assert first_run["state_type"] == "COMPLETED", first_run["state"]
+    first = report_of(workspace, first_run)
+    # the GPU stages ran as flow runs of their deployments, children of the pipeline run
+    children = httpx.post(
+        f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [first_id]}}}
+    ).json()
+    assert len(children) >= 3
+
+    (cluster["docs"] / "inspection-report.pdf").parent.mkdir(exist_ok=True)
+    write_report_pdf(cluster["docs"] / "inspection-report.pdf", pages=3)
+    watch_run = wait_terminal(
+        api, run_deployment_as_ui(api, "docqa-watch-documents/docqa-watch-documents"), root
+    )
+    assert watch_run["state_type"] == "COMPLETED", watch_run["state"]
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # the trigger's run: created by the automation, not by us
+        triggered = [r for r in pipeline_runs(api) if r["id"] != first_id]
+        if triggered and triggered[0]["state_type"] in TERMINAL:
+            break
+        time.sleep(2)
+    assert len(triggered) == 1, [r["name"] for r in triggered]
+    assert triggered[0]["state_type"] == "COMPLETED", triggered[0]["state"]
+    second = report_of(workspace, triggered[0])
+
+    new = next(d for d in second["documents"] if d["path"].endswith("inspection-report.pdf"))
+    assert second["documents_changed"]["added"] == ["inspection-report.pdf"]
+    assert second["counts"]["synthesis_requests"] == new["chunks"] > 0  # only the new document's chunks
+    assert second["stages"]["ingest"]["figures"]["extracted_now"] == 1
+
+    client = MlflowClient(cluster["mlflow"])
+    versions = client.search_model_versions("name = 'docqa-integration'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    champion = client.get_model_version_by_alias("docqa-integration", "champion")
+    verdict = second["registry"]["verdict"]
+    expected = "2" if verdict["alias"] == "champion" else first["registry"]["version"]
+    assert first["registry"]["alias"] == "champion" or not first["metrics"]["forgetting"]["passed"]
+    if first["registry"]["alias"] == "champion" or verdict["alias"] == "champion":
+        assert str(champion.version) == expected
+    assert verdict["compared_on"] in ("same-heldout", "none")
+    assert second["registry"]["data_diff"]["documents_added"] == [new["path"]]
