@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
+from prefect.runner.storage import LocalStorage
 from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +179,12 @@ def deployments(settings: DeploySettings) -> list[tuple[Any, str]]:
     return [(pipeline, CPU_POOL), (watcher, CPU_POOL), *stages]
 
 
+def project_entrypoint(entrypoint: str) -> str:
+    """``flows/x.py:fn``: relative to the project root, whatever directory ``docqa deploy`` ran in."""
+    path, _, name = entrypoint.rpartition(":")
+    return f"{Path(path).resolve().relative_to(ROOT).as_posix()}:{name}"
+
+
 def apply(settings: DeploySettings) -> dict[str, Any]:
     """Create or update the pools and deployments on the Prefect server at ``PREFECT_API_URL``."""
     from prefect.client.orchestration import get_client
@@ -213,9 +220,13 @@ def apply(settings: DeploySettings) -> dict[str, Any]:
                     ),
                 )
             applied["pools"][name] = "created" if existing is None else "updated"
+    # Process workers run the flows from this checkout, container workers from the image's copy. A pull
+    # step that sets the working directory matters: without one, a process worker copies the whole
+    # folder (virtual environment included) into a fresh directory for every flow run.
+    code = LocalStorage(str(ROOT) if settings.pool_type == "process" else CONTAINER_WORKDIR)
     for deployment, pool_name in deployments(settings):
-        # process workers run the flows from this checkout; container workers from the image's copy
-        deployment._path = str(ROOT) if settings.pool_type == "process" else CONTAINER_WORKDIR
+        deployment.storage = code
+        deployment.entrypoint = project_entrypoint(deployment.entrypoint)
         deployment.apply(work_pool_name=pool_name)
         applied["deployments"][f"{deployment.flow_name}/{deployment.name}"] = pool_name
     return applied
