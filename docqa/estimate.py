@@ -11,7 +11,6 @@ reason and the benchmark command that would measure it. Nothing is invented to f
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 from collections.abc import Callable
@@ -25,9 +24,10 @@ from pypdf.errors import DependencyError, FileNotDecryptedError
 from rich.console import Console
 from rich.table import Table
 
-from docqa.hashing import sha256_bytes, sha256_file
+from docqa.hashing import sha256_file
 from docqa.outputs import bootstrap_dir
-from docqa.settings import Recipe, SplitSettings, TrainSettings
+from docqa.settings import Recipe, TrainSettings
+from docqa.split import document_side
 from docqa.stages.ingest import MALFORMED_PDF_ERRORS, PDF_SUFFIX, clean_pages, list_documents
 
 DEFAULT_THROUGHPUTS = Path(__file__).resolve().parent.parent / "docs" / "throughputs.json"
@@ -408,18 +408,6 @@ def estimate_chunks(tokens: int, recipe: Recipe) -> int:
     if tokens <= size:
         return 1
     return math.ceil((tokens - overlap) / (CHUNK_FILL * (size - overlap)))
-
-
-SPLIT_SCORE_DIGITS = 15
-
-
-def document_side(name: str, sha256: str, split: SplitSettings) -> Literal["train", "eval"]:
-    """The chunk stage's split rule (``docqa.stages.chunk.document_split``, whose module imports
-    ``datasets``; tests/test_estimate.py checks that both agree)."""
-    if any(fnmatch.fnmatch(name, pattern) for pattern in split.eval_documents):
-        return "eval"
-    digits = sha256_bytes(f"{split.seed}:{sha256}".encode())[:SPLIT_SCORE_DIGITS]
-    return "eval" if int(digits, 16) / 16**SPLIT_SCORE_DIGITS < split.eval_fraction else "train"
 
 
 def survey(docs: Path, recipe: Recipe, counter: TokenCounter) -> list[DocumentEstimate]:

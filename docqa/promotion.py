@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities.model_registry import ModelVersion
-
 from docqa.outputs import BaseModelRef, EvalOutput, SynthesizeOutput, TrainOutput
 from docqa.package import (
     ModelManifest,
@@ -91,11 +89,9 @@ def register_and_promote(
         "prefect.flow_run_id": report.flow_run_id,
     }
     version = register_version(tracker.client, name, run_id, PACKAGE_ARTIFACT, tags)
-    champion_folder: dict[str, Path] = {}
 
-    def fetch(champion: ModelVersion) -> Path:
-        champion_folder["path"] = resolve_model(f"models:/{name}/{champion.version}", tracker.uri)
-        return champion_folder["path"]
+    def fetch(champion_version: str) -> Path:  # downloaded once per version (resolve_model's cache)
+        return resolve_model(f"models:/{name}/{champion_version}", tracker.uri)
 
     verdict = judge_against_champion(
         tracker.client,
@@ -103,12 +99,10 @@ def register_and_promote(
         manifest.metrics,
         manifest.heldout_digest,
         recipe.registry,
-        rescore=lambda champion: rescore(fetch(champion)),
+        rescore=lambda champion: rescore(fetch(str(champion.version))),
         exclude_version=str(version.version),
     )
-    champion_dir = champion_folder.get("path")
-    if champion_dir is None and verdict.champion_version is not None:
-        champion_dir = fetch(tracker.client.get_model_version(name, verdict.champion_version))
+    champion_dir = fetch(verdict.champion_version) if verdict.champion_version is not None else None
     diff = data_diff(
         read_documents(package),
         read_documents(champion_dir) if champion_dir else None,

@@ -85,7 +85,7 @@ def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSe
     return ingest_documents([Path(f.path) for f in files], root, root / "store", settings)
 
 
-@task(name="chunk", cache_policy=content_policy("docqa.stages.chunk"), persist_result=True)
+@task(name="chunk", cache_policy=content_policy("docqa.stages.chunk", "docqa.split"), persist_result=True)
 def chunk_task(
     ingest: IngestOutput,
     tokenizer_path: str,

@@ -107,8 +107,8 @@ def test_chunk_estimate_is_near_what_the_chunker_makes(tmp_path, tiny_base):
 
 
 def test_split_follows_the_chunk_stage_rule():
-    from docqa.estimate import document_side
     from docqa.settings import SplitSettings
+    from docqa.split import document_side
     from docqa.stages.chunk import document_split
     from docqa.stages.ingest import DocumentRecord
 

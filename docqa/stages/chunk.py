@@ -12,7 +12,6 @@ document costs only its own chunks.
 from __future__ import annotations
 
 import bisect
-import fnmatch
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
 from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, chunks_file
 from docqa.settings import ChunkSettings, SplitSettings
+from docqa.split import document_side
 from docqa.stages.ingest import DocumentRecord, read_documents
 from docqa.workspace import (
     new_tmp_dir,
@@ -34,7 +34,6 @@ from docqa.workspace import (
 
 PAGE_SEPARATOR = "\n\n"
 CHUNK_ID_CHARS = 16
-_SPLIT_SCALE = 16**15  # the split score reads the first 15 hex digits of a sha256
 
 
 class EmptySplitError(ValueError):
@@ -42,11 +41,8 @@ class EmptySplitError(ValueError):
 
 
 def document_split(doc: DocumentRecord, settings: SplitSettings) -> str:
-    """``eval`` or ``train`` from the document's content hash and a seed: adding documents never moves one."""
-    if any(fnmatch.fnmatch(doc.name, pattern) for pattern in settings.eval_documents):
-        return "eval"
-    score = int(sha256_bytes(f"{settings.seed}:{doc.sha256}".encode())[:15], 16) / _SPLIT_SCALE
-    return "eval" if score < settings.eval_fraction else "train"
+    """``eval`` or ``train`` (:func:`docqa.split.document_side`): adding documents never moves one."""
+    return document_side(doc.name, doc.sha256, settings)
 
 
 def chunk_id(text: str) -> str:
