@@ -26,9 +26,15 @@ from rich.table import Table
 
 from docqa.hashing import sha256_file
 from docqa.outputs import bootstrap_dir
-from docqa.settings import Recipe, TrainSettings
+from docqa.settings import IngestSettings, Recipe, TrainSettings
 from docqa.split import document_side
-from docqa.stages.ingest import MALFORMED_PDF_ERRORS, PDF_SUFFIX, clean_pages, list_documents
+from docqa.stages.ingest import (
+    MALFORMED_PDF_ERRORS,
+    PDF_SUFFIX,
+    clean_pages,
+    extraction_processes,
+    list_documents,
+)
 
 DEFAULT_THROUGHPUTS = Path(__file__).resolve().parent.parent / "docs" / "throughputs.json"
 
@@ -76,7 +82,7 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, int | bool]] = {
 LLAMA_LIKE = ("llama", "mistral")  # no biases, gated MLP, RMS norms: the formula below holds
 
 MEASURE = {
-    "ingest": "python bench/pipeline_cache.py",
+    "ingest": "python bench/ingest_scaling.py",
     "chunk": "python bench/pipeline_cache.py",
     "extractive": "python bench/pipeline_cache.py",
     "openai": "python bench/synthesis_concurrency.py --base-url {base_url} --model {model} --concurrency {n}",
@@ -97,6 +103,7 @@ Metric = Literal[
     "acceptance_rate",
     "tokens_per_example",
     "run_seconds",
+    "parallel_efficiency",
 ]
 UNITS: dict[str, str] = {
     "pages_per_s": "pages/s",
@@ -107,6 +114,7 @@ UNITS: dict[str, str] = {
     "acceptance_rate": "accepted pairs per requested pair",
     "tokens_per_example": "tokens per example",
     "run_seconds": "s per run",
+    "parallel_efficiency": "of linear speed-up",
 }
 
 
@@ -182,6 +190,7 @@ class StageRow(BaseModel):
 class Work(BaseModel):
     """What a run would process, before any time is attached."""
 
+    documents: int
     pages: int
     tokens: int
     chars_per_token: float
@@ -552,6 +561,29 @@ def cpu_stage_rate(
     return Rate(figure.value, UNITS[figure.metric], f"measured: {key}", (key,))
 
 
+def ingest_rate_of(figures: dict[str, Figure], settings: IngestSettings, documents: int) -> Rate | Unknown:
+    """Pages/s with the recipe's ``ingest.workers`` processes (0: this machine's cores): the measured
+    one-process rate × processes × the measured parallel efficiency (linear when none was measured)."""
+    found = _candidates(figures, stage="ingest", metric="pages_per_s", device_kind="cpu")
+    per_process = [(k, f) for k, f in found if f.conditions.get("processes") == 1]
+    if not per_process:  # a whole-stage figure (bench/pipeline_cache.py), one process
+        return cpu_stage_rate(figures, "ingest", "pages_per_s", MEASURE["ingest"])
+    key, figure = max(per_process, key=lambda kf: kf[1].date)
+    processes = extraction_processes(settings, documents)
+    if processes == 1:
+        return Rate(figure.value, UNITS["pages_per_s"], f"measured: {key}", (key,))
+    efficiency = _candidates(figures, stage="ingest", metric="parallel_efficiency")
+    if not efficiency:
+        label = f"measured: {key} × {processes} processes (linear speed-up assumed: not measured)"
+        return Rate(figure.value * processes, UNITS["pages_per_s"], label, (key,))
+    eff_key, eff = max(efficiency, key=lambda kf: kf[1].date)
+    label = (
+        f"measured: {key} × {processes} processes × {eff.value:.2f} ({eff_key}, at "
+        f"{eff.conditions.get('processes')} processes)"
+    )
+    return Rate(figure.value * processes * eff.value, UNITS["pages_per_s"], label, (key, eff_key))
+
+
 def synthesis_rate(figures: dict[str, Figure], recipe: Recipe, device: Device) -> Rate | Unknown:
     settings = recipe.synthesize
     if settings.backend == "extractive":
@@ -711,6 +743,7 @@ def measure_work(
     book.used.update(keys)
     train_tokens = sum(d.tokens for d in train)
     return Work(
+        documents=len(usable),
         pages=sum(d.pages for d in usable),
         tokens=tokens,
         chars_per_token=chars_per_token,
@@ -772,7 +805,7 @@ def stage_rows(
     synth_device = {"extractive": "cpu", "openai": "llm server", "transformers": target}
     synth_device = synth_device[recipe.synthesize.backend]
     synth_rate = book.use(synthesis_rate(figures, recipe, target))
-    ingest_rate = book.use(cpu_stage_rate(figures, "ingest", "pages_per_s", MEASURE["ingest"]))
+    ingest_rate = book.use(ingest_rate_of(figures, recipe.ingest, work.documents))
     pretrain_rate = book.use(training_rate(figures, target, parameters, packing=True))
     sft_rate = book.use(training_rate(figures, target, parameters, packing=recipe.sft.packing))
     answer_rate = book.use(

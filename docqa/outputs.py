@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel
 
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
-from docqa.workspace import StageOutput, read_json
+from docqa.workspace import StageOutput, cache_root, read_json
 
 TOKENIZER_FILES = (
     "tokenizer*",
@@ -44,11 +43,6 @@ class BaseModelRef(BaseModel):
     digest: str  # weights + config + tokenizer
     tokenizer_digest: str
     source: str  # "bootstrap" | "local" | "hub"
-
-
-def cache_root() -> Path:
-    """Where built artefacts shared across workspaces live (the bootstrap base)."""
-    return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
 
 
 def describe_base(path_or_id: str, revision: str | None = None, source: str | None = None) -> BaseModelRef:

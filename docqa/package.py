@@ -27,9 +27,16 @@ import yaml
 from pydantic import BaseModel
 
 from docqa.hashing import json_digest
-from docqa.outputs import TOKENIZER_FILES, BaseModelRef, cache_root
+from docqa.outputs import TOKENIZER_FILES, BaseModelRef
 from docqa.settings import ModelSettings, Recipe
-from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
+from docqa.workspace import (
+    cache_root,
+    new_tmp_dir,
+    publish_dir,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 FORMAT = "docqa-model/1"
 MANIFEST = "docqa_model.json"

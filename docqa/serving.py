@@ -23,12 +23,11 @@ from pathlib import Path
 import yaml
 
 from docqa.hashing import json_digest, tree_digest
-from docqa.outputs import cache_root
 from docqa.package import load_packaged_model, read_manifest, resolve_model
 from docqa.prompting import encode_prompts, uses_chat_template
 from docqa.settings import EvaluateSettings, ModelSettings
 from docqa.synthesis.serve import ServedModel, log_tail, transformers_serve
-from docqa.workspace import new_tmp_dir, publish_dir, read_json
+from docqa.workspace import cache_root, new_tmp_dir, publish_dir, read_json
 
 # Loading a 7-13B checkpoint in full precision takes minutes; a tiny one seconds.
 SERVE_STARTUP_TIMEOUT_S = 900.0

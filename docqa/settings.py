@@ -110,7 +110,7 @@ class ModelSettings(_Settings):
 
 
 class IngestSettings(_Settings):
-    """Text extraction and cleaning, one document at a time."""
+    """Text extraction and cleaning, each document on its own (in parallel with ``workers``)."""
 
     extensions: list[str] = Field([".pdf", ".txt", ".md"], description="file types to read")
     pdf_extraction_mode: Literal["plain", "layout"] = Field(
@@ -126,6 +126,12 @@ class IngestSettings(_Settings):
         0.5, gt=0, le=1, description="a line repeated on this share of pages is a running header/footer"
     )
     max_file_mb: float = Field(200, gt=0, description="larger files are refused")
+    workers: int = Field(
+        1,
+        ge=0,
+        description="processes extracting documents in parallel (pypdf is pure Python: this is how ingest "
+        "uses a machine's cores); 0: one per core",
+    )
 
     def _problems(self) -> list[str]:
         bad = [e for e in self.extensions if not e.startswith(".")]

@@ -1,6 +1,7 @@
 """What a documents location held when it was last trained on, and when it was last announced.
 
-Two small JSON files per location under ``WORKSPACE/state/``: ``trained-<key>.json``, written by a
+Two small JSON files per location under ``WORKSPACE/state/`` (on the store of a URL workspace, so the
+watcher and the pipeline may run on different machines): ``trained-<key>.json``, written by a
 pipeline run that completed (the fingerprints it saw when it started), and ``announced-<key>.json``,
 written by the watcher when it emits ``docqa.documents.changed``. The watcher announces a change once:
 while the triggered run is pending the location still differs from what was trained, but not from what
@@ -9,13 +10,11 @@ was announced.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel
 
 from docqa.hashing import json_digest
 from docqa.sources import DocumentDiff, diff_fingerprints, fingerprint_location, local_folder
-from docqa.workspace import read_json, write_json_atomic
+from docqa.workspace import Workspace
 
 EVENT = "docqa.documents.changed"
 RESOURCE_PREFIX = "docqa.documents."
@@ -41,22 +40,22 @@ def resource_id(location: str) -> str:
     return f"{RESOURCE_PREFIX}{location_key(location)}"
 
 
-def _path(workspace: Path, kind: str, location: str) -> Path:
-    return workspace / "state" / f"{kind}-{location_key(location)}.json"
+def _name(kind: str, location: str) -> str:
+    return f"state/{kind}-{location_key(location)}.json"
 
 
-def read_state(workspace: Path, kind: str, location: str) -> dict[str, str] | None:
+def read_state(workspace: Workspace, kind: str, location: str) -> dict[str, str] | None:
     """The fingerprints last ``trained`` on or ``announced`` for a location; None when never."""
-    path = _path(workspace, kind, location)
-    return LocationState.model_validate(read_json(path)).fingerprints if path.is_file() else None
+    record = workspace.read_record(_name(kind, location))
+    return LocationState.model_validate(record).fingerprints if record is not None else None
 
 
-def write_state(workspace: Path, kind: str, location: str, fingerprints: dict[str, str]) -> None:
+def write_state(workspace: Workspace, kind: str, location: str, fingerprints: dict[str, str]) -> None:
     state = LocationState(location=canonical_location(location), fingerprints=fingerprints)
-    write_json_atomic(_path(workspace, kind, location), state)
+    workspace.write_record(_name(kind, location), state)
 
 
-def changes_since_trained(workspace: Path, location: str, current: dict[str, str]) -> DocumentDiff:
+def changes_since_trained(workspace: Workspace, location: str, current: dict[str, str]) -> DocumentDiff:
     """Everything is new when the location was never trained on."""
     return diff_fingerprints(read_state(workspace, "trained", location) or {}, current)
 

@@ -1,7 +1,11 @@
-"""Atomic outputs under the workspace: a stage writes into a temporary folder and publishes it by rename.
+"""The workspace: where stages keep their outputs, and how machines exchange them.
 
-A folder that exists under its final name is therefore complete; a crash leaves only ``.tmp-*``
-folders, which are never read.
+Outputs are atomic: a stage writes into a temporary folder and publishes it by rename, so a folder
+that exists under its final name is complete; a crash leaves only ``.tmp-*`` folders, which are never
+read. Published folders are content-addressed and never change.
+
+A workspace is a local path (a shared mount on a cluster) or any fsspec URL (``s3://bucket/prefix``):
+see :class:`Workspace`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,26 @@ import os
 import shutil
 import tempfile
 import uuid
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import fsspec
 from pydantic import BaseModel
+
+from docqa.hashing import json_digest
+
+SHARED_MARKER = ".shared"  # beside a folder on the store: written once every file of it is uploaded
+
+
+def cache_root() -> Path:
+    """Where this machine keeps what is built once and shared across workspaces (bootstrap bases,
+    downloaded documents and models, the mirrors of remote workspaces)."""
+    return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
 
 
 def new_tmp_dir(parent: Path) -> Path:
@@ -63,3 +83,117 @@ class StageOutput(BaseModel):
     def complete(self) -> bool:
         """False when part of the work failed and must be retried by the next run, not served from cache."""
         return True
+
+
+Located = TypeVar("Located", bound=BaseModel)  # a model with a ``path`` (stage output, base model)
+
+
+class Workspace:
+    """A local path, or an fsspec URL that machines exchange stage outputs through.
+
+    A local path is the workspace itself: every stage reads and writes there, and workers on other
+    machines reach it as a shared mount. With a URL (``s3://bucket/prefix``, ``gs://…``) each machine
+    works in its own mirror, ``$DOCQA_CACHE_DIR/workspaces/<key>``. The flow that hands a stage to
+    another machine shares the stage's inputs: their folders are uploaded (once: they are
+    content-addressed) and their paths become URLs. The flow that runs the stage fetches them
+    into its own mirror, and shares its output back the same way. Small records that every machine
+    reads (stage results, what the watcher compares with, run reports) live on the store itself.
+    """
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        self.remote = is_url(location)
+        if self.remote:
+            self.location = location.rstrip("/")
+            self.local = cache_root() / "workspaces" / json_digest(self.location)[:16]
+        else:
+            self.location = str(Path(location).resolve())
+            self.local = Path(self.location)
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.location!r}, local={str(self.local)!r})"
+
+    @cached_property
+    def _store(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.location)
+        return fs, root.rstrip("/")
+
+    def _remote(self, name: str) -> str:
+        return f"{self._store[1]}/{name}"
+
+    # --- records: small JSON files every machine reads ----------------------------------------------
+
+    def write_record(self, name: str, value: Any) -> Path:
+        """Write ``name`` (a relative path) locally and, for a URL workspace, on the store."""
+        path = self.local / name
+        write_json_atomic(path, value)
+        self.sync_file(name)
+        return path
+
+    def sync_file(self, name: str) -> None:
+        """Copy the local file ``name`` to the store (a local workspace is its own store)."""
+        if self.remote:
+            self._store[0].pipe_file(self._remote(name), (self.local / name).read_bytes())
+
+    def read_record(self, name: str) -> Any | None:
+        """The record ``name`` from the store (the local path for a local workspace); None when absent."""
+        if not self.remote:
+            path = self.local / name
+            return read_json(path) if path.is_file() else None
+        try:
+            return json.loads(self._store[0].cat_file(self._remote(name)))
+        except FileNotFoundError:
+            return None
+
+    # --- folders: stage outputs and the base model --------------------------------------------------
+
+    def share(self, value: Located) -> Located:
+        """``value`` with its folder on the store and its paths as URLs; as it is for a local
+        workspace, a hub id, or a value already shared. A folder outside the mirror (the bootstrap base
+        in the docqa cache, a local base model) goes to ``imported/<digest>/<name>``."""
+        folder = Path(value.path)
+        if not self.remote or is_url(value.path) or not folder.is_dir():
+            return value
+        if folder.is_relative_to(self.local):
+            name = folder.relative_to(self.local).as_posix()
+        else:
+            name = f"imported/{value.digest[:16]}/{folder.name}"
+        fs, target = self._store[0], self._remote(name)
+        if not fs.exists(target + SHARED_MARKER):  # content-addressed: on the store once is enough
+            fs.put(f"{folder}/", f"{target}/", recursive=True)
+            fs.pipe_file(target + SHARED_MARKER, b"")
+        return _rebase(value, str(folder), f"{self.location}/{name}")
+
+    def fetch(self, value: Located) -> Located:
+        """``value`` with its folder in this machine's mirror (downloaded unless already there) and its
+        paths local; as it is unless its path is on this workspace's store."""
+        if not (self.remote and value.path.startswith(self.location + "/")):
+            return value
+        name = value.path[len(self.location) + 1 :]
+        folder = self.local / name
+        if not folder.is_dir():
+            fs, source = self._store[0], self._remote(name)
+            if not fs.exists(source + SHARED_MARKER):
+                raise FileNotFoundError(
+                    f"{value.path} is not completely on the workspace store (the flow run that shared it "
+                    "stopped while uploading); run the pipeline again to share it anew"
+                )
+            tmp = new_tmp_dir(folder.parent)
+            fs.get(f"{source}/", f"{tmp}/", recursive=True)
+            publish_dir(tmp, folder)
+        return _rebase(value, value.path, str(folder))
+
+
+def _rebase(value: Located, old: str, new: str) -> Located:
+    """``value`` with every string that is ``old`` or a path under it moved under ``new``."""
+
+    def move(item: Any) -> Any:
+        if isinstance(item, str) and (item == old or item.startswith(old + "/")):
+            return new + item[len(old) :]
+        if isinstance(item, dict):
+            return {k: move(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [move(v) for v in item]
+        return item
+
+    return type(value).model_validate(move(value.model_dump(mode="json")))

@@ -20,7 +20,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from docqa.hashing import file_digest, fingerprint_files
-from docqa.outputs import EvalOutput, SynthesizeOutput, read_generations
+from docqa.outputs import BaseModelRef, EvalOutput, SynthesizeOutput, read_generations
 from docqa.package import read_manifest
 from docqa.promotion import PACKAGE_ARTIFACT, package_run, register_and_promote
 from docqa.records import StageRecorder, record_parent
@@ -47,8 +47,8 @@ from docqa.settings import (
 from docqa.stages.ingest import list_documents
 from docqa.tracking import Tracker, code_version
 from docqa.watch import changes_since_trained, fingerprint, write_state
-from docqa.workspace import read_json
-from flows.stages import GPU_STAGES, OUTPUT_TYPES, stage_result_path
+from docqa.workspace import StageOutput, Workspace
+from flows.stages import GPU_STAGES, OUTPUT_TYPES, stage_result_name
 from tasks.caching import run_cached
 from tasks.stages import (
     base_model_task,
@@ -81,15 +81,20 @@ class StageFailed(RuntimeError):
 class PipelineRun:
     """Bookkeeping for one flow run: times each stage, records it, writes the report even on failure."""
 
-    def __init__(self, workspace: Path, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
-        self.workspace = workspace
+    def __init__(self, ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
+        self.ws, self.workspace = ws, ws.local
         self.execution = execution
-        self.tracker = Tracker(workspace, recipe.experiment)
+        self.tracker = Tracker(ws.local, recipe.experiment)
+        if ws.remote and execution.gpu_stages == "deployments" and self.tracker.uri.startswith("sqlite"):
+            raise ValueError(
+                f"workspace {ws.location} is shared through a store, but MLflow is a SQLite file on this "
+                "machine that GPU workers cannot reach: set MLFLOW_TRACKING_URI to a tracking server"
+            )
         self.report = RunReport(
             flow_run_id=str(flow_run.id or "local"),
             flow_run_name=str(flow_run.name or "local"),
             recipe=recipe.name,
-            workspace=str(workspace),
+            workspace=ws.location,
             docs=docs or "(arXiv only)",
         )
         self.report.mlflow_run_id = self.tracker.start_parent(
@@ -150,9 +155,13 @@ class PipelineRun:
     def _run_deployment(self, name: str, kwargs: dict[str, Any]) -> tuple[str | None, Any, bool]:
         """(error, output, cached) of the stage run as a flow run of its deployment on the GPU pool."""
         target = f"docqa-{name}/{self.execution.deployment_prefix}-{name}"
-        parameters = {
-            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in kwargs.items()
+        shared = {
+            k: self.ws.share(v) if isinstance(v, StageOutput | BaseModelRef) else v for k, v in kwargs.items()
         }
+        parameters = {
+            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in shared.items()
+        }
+        parameters["workspace"] = self.ws.location
         child = run_deployment(target, parameters=parameters, timeout=self.execution.timeout_s)
         self.logger.info("stage %s: flow run %s of %s ended %s", name, child.name, target, child.state.name)
         if not child.state.is_completed():  # a failed child leaves this run Completed unless checked
@@ -162,8 +171,15 @@ class PipelineRun:
                 None,
                 False,
             )
-        record = read_json(stage_result_path(self.workspace, str(child.id)))
-        return None, OUTPUT_TYPES[name].model_validate(record["output"]), record["cached"]
+        record = self.ws.read_record(stage_result_name(str(child.id)))
+        if record is None:
+            return (
+                f"flow run {child.name} of {target} completed but left no result on {self.ws.location}",
+                None,
+                False,
+            )
+        output = self.ws.fetch(OUTPUT_TYPES[name].model_validate(record["output"]))
+        return None, output, record["cached"]
 
     def review_dataset(self, qa: SynthesizeOutput, settings: SynthesizeSettings) -> None:
         """Pause until a person approves the dataset in the Prefect UI; stop the run if they reject it."""
@@ -175,7 +191,7 @@ class PipelineRun:
         self.logger.info("synthesize: paused for review; resume the flow run in the Prefect UI to decide")
         record = self.report.stages["synthesize"]
         record.figures["review"] = "waiting"
-        self.report.write(self.workspace)
+        self.write_report()
         decision = pause_flow_run(
             wait_for_input=DatasetReview, timeout=settings.review_timeout_s, poll_interval=REVIEW_POLL_S
         )
@@ -191,15 +207,22 @@ class PipelineRun:
 
     def fail(self, error: BaseException) -> None:
         self.report.finish(str(error))
-        self.report.write(self.workspace)
+        self.write_report()
         self.tracker.set_tags(self.report.mlflow_run_id, {"docqa.error": str(error)[:5000]})
         self.tracker.end(self.report.mlflow_run_id, "FAILED")
 
     def complete(self) -> None:
         self.report.finish()
-        path = self.report.write(self.workspace)
+        path = self.write_report()
         self.tracker.log_artifact(self.report.mlflow_run_id, path, "report")
         self.tracker.end(self.report.mlflow_run_id)
+
+    def write_report(self) -> Path:
+        """The report, in the workspace (on its store too, for a URL workspace)."""
+        path = self.report.write(self.workspace)
+        for name in (path.name, "latest.json"):
+            self.ws.sync_file(f"reports/{name}")
+        return path
 
 
 def _settings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -265,15 +288,16 @@ def docqa_pipeline(
         evaluate=evaluate,
         registry=registry,
     )
-    root = Path(workspace).resolve()
+    ws = Workspace(workspace)
+    root = ws.local
     if not docs and not source.arxiv_ids:
         docs = str(ensure_sample_corpus(root / "sample-corpus"))
     seen = fingerprint(docs, recipe.ingest.extensions) if docs else None
-    changed = changes_since_trained(root, docs, seen) if docs else None
+    changed = changes_since_trained(ws, docs, seen) if docs else None
     if skip_if_unchanged and changed is not None and changed.empty:
         get_run_logger().info("documents at %s unchanged since the last completed run: nothing to do", docs)
         return {"status": "unchanged", "docs": docs}
-    run = PipelineRun(root, docs, recipe, execution)
+    run = PipelineRun(ws, docs, recipe, execution)
     run.report.documents_changed = changed.model_dump() if changed is not None else None
     try:
         _run_stages(run, root, docs, recipe)
@@ -282,7 +306,7 @@ def docqa_pipeline(
         raise
     run.complete()
     if docs:  # what the watcher compares the location with from now on
-        write_state(root, "trained", docs, seen)
+        write_state(ws, "trained", docs, seen)
     return run.report.model_dump(mode="json")
 
 

@@ -6,11 +6,13 @@ parent. A stage flow runs the very task the pipeline runs locally (same cache ke
 either mode is not done again) and leaves its result in the shared workspace, where the pipeline reads
 it: ``WORKSPACE/stage-results/<flow run id>.json``. A failing task fails the flow run, and the pipeline
 fails with it (``run_deployment`` alone would leave the parent Completed: see PITFALLS).
+
+With a workspace URL (``s3://…``) the inputs arrive as URLs on the store: the flow fetches them into
+this machine's mirror, runs the task there and shares its output back (:class:`docqa.workspace.Workspace`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,7 +21,7 @@ from prefect.runtime import flow_run
 from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
 from docqa.settings import EvaluateSettings, ModelSettings, PretrainSettings, SFTSettings, SynthesizeSettings
 from docqa.stages.ingest import IngestOutput
-from docqa.workspace import write_json_atomic
+from docqa.workspace import StageOutput, Workspace
 from tasks.caching import run_cached
 from tasks.stages import evaluate_task, pretrain_task, sft_task
 
@@ -27,16 +29,22 @@ OUTPUT_TYPES = {"pretrain": TrainOutput, "sft": TrainOutput, "evaluate": EvalOut
 GPU_STAGES = tuple(OUTPUT_TYPES)
 
 
-def stage_result_path(workspace: Path, flow_run_id: str) -> Path:
-    return Path(workspace) / "stage-results" / f"{flow_run_id}.json"
+def stage_result_name(flow_run_id: str) -> str:
+    """The record a stage flow run leaves for the pipeline (:meth:`Workspace.read_record`)."""
+    return f"stage-results/{flow_run_id}.json"
 
 
 def _run(stage: str, task, kwargs: dict[str, Any]) -> dict[str, Any]:
-    state, output = run_cached(task, kwargs, get_run_logger())
+    workspace = Workspace(kwargs["workspace"])
+    kwargs = {
+        k: workspace.fetch(v) if isinstance(v, StageOutput | BaseModelRef) else v for k, v in kwargs.items()
+    }
+    state, output = run_cached(task, {**kwargs, "workspace": str(workspace.local)}, get_run_logger())
     if state.is_failed():
         raise RuntimeError(f"stage {stage} failed: {type(output).__name__}: {output}") from output
-    record = {"stage": stage, "cached": state.name == "Cached", "output": output.model_dump(mode="json")}
-    write_json_atomic(stage_result_path(Path(kwargs["workspace"]), str(flow_run.id)), record)
+    shared = workspace.share(output)
+    record = {"stage": stage, "cached": state.name == "Cached", "output": shared.model_dump(mode="json")}
+    workspace.write_record(stage_result_name(str(flow_run.id)), record)
     return record
 
 

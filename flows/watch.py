@@ -9,7 +9,6 @@ uploads makes one run). A change is announced once, not again on every tick whil
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -25,6 +24,7 @@ from docqa.watch import (
     resource_id,
     write_state,
 )
+from docqa.workspace import Workspace
 
 EXTENSIONS = IngestSettings().extensions
 LISTED_NAMES = 200  # names per list in the event payload (counts are always complete)
@@ -40,11 +40,12 @@ def watch_documents(
 
     Args:
         docs: the documents location: a folder or an fsspec URL (s3://bucket/prefix)
-        workspace: the pipeline's workspace, where it records what it trained on
+        workspace: the pipeline's workspace (a shared path or an fsspec URL), where it records what it
+            trained on
         extensions: file types that count as documents
     """
     logger = get_run_logger()
-    root = Path(workspace).resolve()
+    root = Workspace(workspace)
     current = fingerprint(docs, extensions)
     diff = changes_since_trained(root, docs, current)
     if diff.empty:
@@ -56,7 +57,7 @@ def watch_documents(
     lists = {kind: getattr(diff, kind) for kind in ("added", "changed", "removed")}
     payload = {
         "location": canonical_location(docs),
-        "workspace": str(root),
+        "workspace": root.location,
         "documents": len(current),
         **{kind: names[:LISTED_NAMES] for kind, names in lists.items()},
         **{f"{kind}_count": len(names) for kind, names in lists.items()},

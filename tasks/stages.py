@@ -20,7 +20,6 @@ from docqa.outputs import (
     SynthesizeOutput,
     TrainOutput,
     bootstrap_dir,
-    cache_root,
     describe_base,
 )
 from docqa.settings import (
@@ -35,6 +34,7 @@ from docqa.settings import (
     SynthesizeSettings,
 )
 from docqa.stages.ingest import IngestOutput
+from docqa.workspace import cache_root
 from tasks.caching import content_policy, inputs_digest
 
 TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs", "docqa.launch")

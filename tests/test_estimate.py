@@ -273,3 +273,37 @@ def test_every_shipped_recipe_estimates(report_pdfs):
         result = estimate(report_pdfs, load_recipe(path))
         assert result.work.chunks > 0, path.stem
         assert all((r.seconds is None) == (r.unknown is not None) for r in result.rows), path.stem
+
+
+def test_ingest_time_follows_the_recipes_processes(report_pdfs, tmp_path):
+    """The one-process rate × processes × the measured efficiency; never more processes than documents."""
+    path = without_gpu_figures(tmp_path)
+    data = json.loads(path.read_text())
+    stamp = {
+        "device_kind": "cpu",
+        "device": "test",
+        "model": "pypdf",
+        "source": "test",
+        "command": "python bench/x",
+    }
+    data["figures"] = {k: f for k, f in data["figures"].items() if f["stage"] != "ingest"}
+    data["figures"]["ingest.cpu.one-process"] = {
+        **stamp, "stage": "ingest", "metric": "pages_per_s", "value": 10.0, "conditions": {"processes": 1},
+        "date": "2026-01-01 00:00 UTC",
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    pages = 1 + 3 + 7 + 13
+
+    one = row(estimate(report_pdfs, load_recipe("tiny-cpu", ["ingest.workers=1"]), path), "ingest")
+    assert one.throughput == 10.0 and one.seconds == pytest.approx(pages / 10.0)
+    linear = row(estimate(report_pdfs, load_recipe("tiny-cpu", ["ingest.workers=3"]), path), "ingest")
+    assert linear.throughput == 30.0 and "linear speed-up assumed" in linear.source
+
+    data["figures"]["ingest.cpu.parallel-efficiency"] = {
+        **stamp, "stage": "ingest", "metric": "parallel_efficiency", "value": 0.5,
+        "conditions": {"processes": 2}, "date": "2026-01-01 00:00 UTC",
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    capped = row(estimate(report_pdfs, load_recipe("tiny-cpu", ["ingest.workers=16"]), path), "ingest")
+    assert capped.throughput == pytest.approx(10.0 * 4 * 0.5)  # 4 documents: 4 processes at most
+    assert "ingest.cpu.parallel-efficiency" in capped.source

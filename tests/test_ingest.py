@@ -162,6 +162,24 @@ def test_second_run_reuses_everything_and_a_new_file_is_the_only_extraction(docs
     assert extended.digest != first.digest
 
 
+def test_parallel_extraction_gives_the_same_records_and_extracts_each_content_once(docs, mixed_run, tmp_path):
+    """Every kind of file, good and bad, in two spawned processes: the same published records, in input
+    order, as one process gives; the byte-identical copy is extracted once, not once per process."""
+    serial, _ = mixed_run
+    parallel = ingest_documents(
+        list(docs.values()),
+        tmp_path / "ingest",
+        tmp_path / "store",
+        SETTINGS.model_copy(update={"workers": 2}),
+    )
+    assert parallel.digest == serial.digest
+    assert (parallel.extracted, parallel.reused) == (len(docs) - 1, 1)
+    assert len(list((tmp_path / "store").glob("*.json"))) == len(docs) - 1
+    # how extraction runs is not part of what it yields: the store serves any number of workers
+    again = ingest_documents([docs["good"]], tmp_path / "ingest", tmp_path / "store", SETTINGS)
+    assert again.extracted == 0
+
+
 def test_changed_settings_extract_again(docs, tmp_path):
     paths = [docs["good"]]
     ingest_documents(paths, tmp_path / "ingest", tmp_path / "store", SETTINGS)

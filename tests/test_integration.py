@@ -3,7 +3,11 @@
 pipeline deployment is run through the API as the UI's "Run" button does; then a new PDF lands in the
 watched folder, the watcher deployment announces it, and the pipeline deployment's trigger re-trains
 on its own. Checked: both runs complete, the second re-synthesises only the new document's chunks, the
-registry holds two versions, and the champion alias follows the gate's verdict."""
+registry holds two versions, and the champion alias follows the gate's verdict.
+
+The workspace is an S3 bucket (moto's server: a test double for AWS's API) and the two workers have
+separate docqa caches, as two machines would: stage outputs and the base model pass between them
+only through the bucket."""
 
 from __future__ import annotations
 
@@ -28,6 +32,13 @@ BIN = Path(sys.executable).parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # the new PDF trains; the held-out set stays put, so the gate compares like with like
 # (and as little training and scoring as still exercises every stage: each flow run is a new process)
+BUCKET = "docqa-it"
+WORKSPACE = f"s3://{BUCKET}/workspace"
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 RECIPE = tiny_recipe(
     split={"eval_documents": ["names.txt"], "eval_fraction": 0.01},
     pretrain={"max_steps": 2, "eval_steps": 100, "save_steps": 100},
@@ -53,11 +64,11 @@ class Servers:
     def __init__(self, root: Path, env: dict[str, str]):
         self.root, self.env, self.processes = root, env, []
 
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
         log = self.root / f"{name}.log"
         with open(log, "w") as sink:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
-                command, env=self.env, stdout=sink, stderr=subprocess.STDOUT, cwd=self.root
+                command, env={**self.env, **env}, stdout=sink, stderr=subprocess.STDOUT, cwd=self.root
             )
         self.processes.append((process, log))
         return process
@@ -76,7 +87,7 @@ class Servers:
 def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
     """Prefect and MLflow servers, pools and deployments applied by ``docqa deploy``, two workers."""
     root = tmp_path_factory.mktemp("cluster")
-    prefect_port, mlflow_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    prefect_port, mlflow_port, s3_port = (free_port("127.0.0.1") for _ in range(3))
     api = f"http://127.0.0.1:{prefect_port}/api"
     env = {
         **os.environ,
@@ -87,6 +98,8 @@ def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        **S3_CREDENTIALS,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
     }
     servers = Servers(root, env)
     prefect = servers.start(
@@ -100,21 +113,28 @@ def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
          "--artifacts-destination", str(root / "mlartifacts"), "--workers", "1",
          "--allowed-hosts", f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"],
     )  # fmt: skip
+    s3 = servers.start("s3-server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)])
     try:
         wait_for(f"{api}/health", prefect, root / "prefect-server.log")
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", mlflow, root / "mlflow-server.log")
+        wait_for(f"{env['AWS_ENDPOINT_URL']}/moto-api/", s3, root / "s3-server.log")
+        store = s3_store(env["AWS_ENDPOINT_URL"])
+        store.mkdir(BUCKET)
         docs = write_topic_documents(root / "watched")
         recipe = root / "integration.yaml"
         recipe.write_text(yaml.safe_dump(RECIPE.model_dump(mode="json")))
         deployed = subprocess.run(
-            [str(BIN / "docqa"), "deploy", "--docs", str(docs), "--workspace", str(root / "workspace"),
+            [str(BIN / "docqa"), "deploy", "--docs", str(docs), "--workspace", WORKSPACE,
              "--recipe", str(recipe), "--debounce-s", "1", "--watch-cron", "0 0 1 1 *"],
             env=env, capture_output=True, text=True, cwd=root,
         )  # fmt: skip
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        for pool in ("docqa-cpu", "docqa-gpu"):
-            servers.start(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool])
-        yield {"api": api, "docs": docs, "workspace": root / "workspace", "root": root,
+        # the CPU worker shares the session's docqa cache (the tiny base is built there); the GPU
+        # worker, standing for another machine, has a cache of its own
+        servers.start("worker-cpu", [str(BIN / "prefect"), "worker", "start", "--pool", "docqa-cpu"])
+        servers.start("worker-gpu", [str(BIN / "prefect"), "worker", "start", "--pool", "docqa-gpu"],
+                      DOCQA_CACHE_DIR=str(root / "gpu-machine-cache"))  # fmt: skip
+        yield {"api": api, "docs": docs, "store": store, "root": root,
                "mlflow": env["MLFLOW_TRACKING_URI"], "deploy_output": deployed.stdout}  # fmt: skip
     finally:
         servers.stop()
@@ -146,20 +166,33 @@ def pipeline_runs(api: str) -> list[dict]:
     return httpx.post(f"{api}/flow_runs/filter", json=query).raise_for_status().json()
 
 
-def report_of(workspace: Path, flow_run: dict) -> dict:
-    return json.loads((workspace / "reports" / f"{flow_run['name']}.json").read_text())
+def s3_store(endpoint: str):
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+        skip_instance_cache=True,
+    )
+
+
+def report_of(store, flow_run: dict) -> dict:
+    """The run's report, read from the workspace's bucket (where every machine reads it)."""
+    store.invalidate_cache()
+    return json.loads(store.cat_file(f"{WORKSPACE}/reports/{flow_run['name']}.json"))
 
 
 def test_deploy_run_watch_retrain_and_promote(cluster):
     from mlflow.tracking import MlflowClient
 
-    api, workspace, root = cluster["api"], cluster["workspace"], cluster["root"]
+    api, store, root = cluster["api"], cluster["store"], cluster["root"]
     assert "docqa-pretrain/docqa-pretrain → docqa-gpu" in cluster["deploy_output"]
 
     first_id = run_deployment_as_ui(api, "docqa-pipeline/docqa-pipeline")
     first_run = wait_terminal(api, first_id, root)
     assert first_run["state_type"] == "COMPLETED", first_run["state"]
-    first = report_of(workspace, first_run)
+    first = report_of(store, first_run)
     # the GPU stages ran as flow runs of their deployments, children of the pipeline run
     children = httpx.post(
         f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [first_id]}}}
@@ -181,7 +214,7 @@ def test_deploy_run_watch_retrain_and_promote(cluster):
         time.sleep(2)
     assert len(triggered) == 1, [r["name"] for r in triggered]
     assert triggered[0]["state_type"] == "COMPLETED", triggered[0]["state"]
-    second = report_of(workspace, triggered[0])
+    second = report_of(store, triggered[0])
 
     new = next(d for d in second["documents"] if d["path"].endswith("inspection-report.pdf"))
     assert second["documents_changed"]["added"] == ["inspection-report.pdf"]
@@ -199,3 +232,12 @@ def test_deploy_run_watch_retrain_and_promote(cluster):
         assert str(champion.version) == expected
     assert verdict["compared_on"] in ("same-heldout", "none")
     assert second["registry"]["data_diff"]["documents_added"] == [new["path"]]
+
+    # the GPU machine trained on what it fetched from the bucket, the base model included, and handed
+    # its outputs back the same way
+    (mirror,) = (root / "gpu-machine-cache" / "workspaces").iterdir()
+    assert {"pretrain", "sft", "evaluate"} <= {p.name for p in mirror.iterdir()}
+    assert not (root / "gpu-machine-cache" / "bases").exists()
+    store.invalidate_cache()
+    assert store.glob(f"{WORKSPACE}/imported/*/*/config.json")
+    assert Path(first["outputs"]["model_package"]).is_dir()  # packaged on the CPU side from fetched outputs

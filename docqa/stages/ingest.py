@@ -1,4 +1,4 @@
-"""Ingest: cleaned text out of each document, one file at a time.
+"""Ingest: cleaned text out of each document, each file on its own (in parallel processes if asked).
 
 Every file is read in isolation, so one broken PDF costs only itself: it is recorded with a reason a
 user can act on (``status="failed"``) while the others go on. Extraction results are kept in a
@@ -11,10 +11,14 @@ order) and ``summary.json``.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
 import struct
 import zlib
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +38,7 @@ LOCATION_FIELDS = {"path", "name", "duplicate_of"}  # where a file lies, not wha
 STORE_KEY_CHARS = 16
 OUTPUT_NAME_CHARS = 16
 BYTES_PER_MB = 2**20
+EXECUTION_SETTINGS = {"workers"}  # how extraction runs, not what it yields: outside the store key
 
 PDF_SUFFIX = ".pdf"
 MARKDOWN_SUFFIX = ".md"
@@ -393,7 +398,7 @@ def _join_hyphenated(match: re.Match[str]) -> str:
 def store_key(settings: IngestSettings) -> str:
     """What extraction depends on besides the bytes: settings, this module's code, pypdf's version."""
     depends_on = {
-        "settings": settings.model_dump(mode="json"),
+        "settings": settings.model_dump(mode="json", exclude=EXECUTION_SETTINGS),
         "code": sha256_file(Path(__file__)),
         "pypdf": pypdf.__version__,
     }
@@ -403,31 +408,46 @@ def store_key(settings: IngestSettings) -> str:
 def ingest_documents(
     paths: list[Path], out_root: Path, store_dir: Path, settings: IngestSettings
 ) -> IngestOutput:
-    """Extract (or reuse) every document, flag byte-identical copies, publish records under their digest."""
+    """Extract (or reuse) every document, flag byte-identical copies, publish records under their digest.
+
+    Only contents missing from the store are extracted, each once however many copies there are, in
+    ``settings.workers`` processes."""
     key = store_key(settings)
+    digests = [sha256_file(path) for path in paths]
+    missing = {
+        sha256: path
+        for path, sha256 in zip(paths, digests, strict=True)
+        if not (store_dir / f"{sha256}-{key}.json").exists()
+    }
+    fresh = dict(zip(missing, extract_all(list(missing.items()), settings), strict=True))
+    for sha256, content in fresh.items():
+        write_json_atomic(store_dir / f"{sha256}-{key}.json", content)
     records: list[DocumentRecord] = []
     first_path: dict[str, str] = {}
-    extracted = 0
-    for path in paths:
-        content, fresh = _stored_or_extracted(path, store_dir, key, settings)
-        extracted += fresh
-        records.append(bind_to_path(content, path, duplicate_of=first_path.get(content.sha256)))
-        first_path.setdefault(content.sha256, str(path))
+    for path, sha256 in zip(paths, digests, strict=True):
+        content = fresh.get(sha256) or ExtractedContent.model_validate(
+            read_json(store_dir / f"{sha256}-{key}.json")
+        )
+        records.append(bind_to_path(content, path, duplicate_of=first_path.get(sha256)))
+        first_path.setdefault(sha256, str(path))
     _require_some_ok(records)
-    return _publish(records, out_root, extracted=extracted, reused=len(records) - extracted)
+    return _publish(records, out_root, extracted=len(fresh), reused=len(records) - len(fresh))
 
 
-def _stored_or_extracted(
-    path: Path, store_dir: Path, key: str, settings: IngestSettings
-) -> tuple[ExtractedContent, bool]:
-    """(content, whether it was extracted now); extraction results are stored atomically."""
-    sha256 = sha256_file(path)
-    entry = store_dir / f"{sha256}-{key}.json"
-    if entry.exists():
-        return ExtractedContent.model_validate(read_json(entry)), False
-    content = extract_content(path, sha256, settings)
-    write_json_atomic(entry, content)
-    return content, True
+def extraction_processes(settings: IngestSettings, documents: int) -> int:
+    """How many processes extract ``documents``: ``settings.workers`` (0: the cores this process may use)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(settings.workers or cores, documents))
+
+
+def extract_all(jobs: list[tuple[str, Path]], settings: IngestSettings) -> list[ExtractedContent]:
+    """The content of each (sha256, path), in order; in a process pool when more than one process is
+    asked for. The pool spawns its processes: forking one that runs Prefect's threads can deadlock."""
+    processes = extraction_processes(settings, len(jobs))
+    if processes == 1:
+        return [extract_content(path, sha256, settings) for sha256, path in jobs]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(extract_content, [p for _, p in jobs], [h for h, _ in jobs], repeat(settings)))
 
 
 def _require_some_ok(records: list[DocumentRecord]) -> None:
