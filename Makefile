@@ -30,6 +30,7 @@ format: setup
 
 bench: setup  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python bench/pipeline_cache.py
+	$(BIN)/python bench/ingest_scaling.py
 	$(BIN)/python bench/parsing_recovery.py
 	$(BIN)/python bench/synthesis_concurrency.py
 	$(BIN)/python bench/flaky_server_run.py

@@ -577,11 +577,12 @@ def ingest_rate_of(figures: dict[str, Figure], settings: IngestSettings, documen
         label = f"measured: {key} × {processes} processes (linear speed-up assumed: not measured)"
         return Rate(figure.value * processes, UNITS["pages_per_s"], label, (key,))
     eff_key, eff = max(efficiency, key=lambda kf: kf[1].date)
+    used = min(eff.value, 1.0)  # a noisy run can measure more than linear; never promise that
     label = (
-        f"measured: {key} × {processes} processes × {eff.value:.2f} ({eff_key}, at "
+        f"measured: {key} × {processes} processes × {used:.2f} ({eff_key}, at "
         f"{eff.conditions.get('processes')} processes)"
     )
-    return Rate(figure.value * processes * eff.value, UNITS["pages_per_s"], label, (key, eff_key))
+    return Rate(figure.value * processes * used, UNITS["pages_per_s"], label, (key, eff_key))
 
 
 def synthesis_rate(figures: dict[str, Figure], recipe: Recipe, device: Device) -> Rate | Unknown:
