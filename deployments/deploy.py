@@ -47,7 +47,9 @@ class DeploySettings(BaseModel):
         "process", description="work pool type of both pools"
     )
     docs: str = Field(description="the documents location the pipeline trains on and the watcher watches")
-    workspace: str = Field(description="workspace every worker reaches (a shared path)")
+    workspace: str = Field(
+        description="workspace every worker reaches: a shared path, or an fsspec URL (s3://bucket/prefix)"
+    )
     recipe: str | None = Field(None, description="recipe file or shipped name for the pipeline's defaults")
     gpus: int = Field(1, ge=1, description="GPUs behind the GPU pool: at most one training job per GPU")
     cpu_image: str = Field("docqa:cpu", description="docker/kubernetes: image of docker/Dockerfile")

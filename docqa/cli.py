@@ -165,7 +165,7 @@ def sweep(
 def deploy(
     docs: Annotated[str, typer.Option(help="the documents location to train on and watch (folder or URL)")],
     workspace: Annotated[
-        str, typer.Option(help="the workspace every worker reaches (a shared path)")
+        str, typer.Option(help="the workspace every worker reaches: a shared path or an fsspec URL (s3://…)")
     ] = "workspace",
     recipe: Annotated[
         str | None, typer.Option(help="recipe file or shipped name: the pipeline's defaults")

@@ -10,7 +10,7 @@ Layout (``FORMAT``)::
     tokenizer/              the tokenizer the adapters were trained with
     base/                   the base weights, when they are the small bootstrap base (else a reference)
     recipe.yaml             every setting of the run
-    report.json             the run report (held-out figures, documents, counts)
+    report.json             the run report once its stages completed (held-out figures, documents, counts)
     documents.json          the documents trained and held out, by content (for data diffs)
 
 Reading needs no torch; :func:`load_packaged_model` imports it when asked for a model.

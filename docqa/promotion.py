@@ -62,7 +62,9 @@ def package_run(
         qa_counts={"train": qa.qa_train, "eval": qa.qa_eval},
     )
     adapters = {"pretrain": Path(pretrained.adapter_path), "sft": Path(tuned.adapter_path)}
-    snapshot = report.model_dump(mode="json")
+    # the report as it stands once every stage has completed; the promotion verdict is not known yet
+    # (the model version's tags and registry/promotion-*.json hold it), nor the run's end
+    snapshot = report.model_dump(mode="json", exclude={"status", "error", "finished_at", "registry"})
     return write_package(workspace / "packages", manifest, adapters, tokenizer_dir, recipe, snapshot)
 
 

@@ -257,7 +257,8 @@ def docqa_pipeline(
     Args:
         docs: documents: a folder or any fsspec URL (s3://bucket/prefix); empty: the bundled sample
             corpus (or only source.arxiv_ids when those are set)
-        workspace: where stage outputs, reports and the local MLflow store go (shared by workers)
+        workspace: where stage outputs, reports and the local MLflow store go: a path every worker
+            mounts, or an fsspec URL (s3://bucket/prefix) that workers exchange outputs through
         recipe_name: names the run and the registered model (docqa-<recipe_name>)
         experiment: the MLflow experiment
         skip_if_unchanged: do nothing when the documents are those the last completed run trained on
