@@ -22,6 +22,8 @@ from check_jsonschema.builtin_schemas import get_builtin_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
+# the project, editable, with s3fs (the `s3` extra) so that workers reach an s3:// workspace
+PROJECT_INSTALL = r'pip install -c \S+ -e "\.\[s3\]"( |$)'
 
 
 def deploy_constants() -> dict[str, str]:
@@ -233,7 +235,7 @@ def test_gpu_image_is_cuda_with_torch_cuda_build_and_bitsandbytes():
     assert defaults["TORCH_CUDA"].startswith("cu12") and "+${TORCH_CUDA}" in torch_install
     # the project is installed against the pins without the torch line, so pip keeps the CUDA build
     assert any("sed '/^torch==/d' constraints.txt > constraints-gpu.txt" in run for run in runs)
-    project_install = next(run for run in runs if re.search(r"pip install .* -e \.( |$)", run))
+    project_install = next(run for run in runs if re.search(PROJECT_INSTALL, run))
     assert "-c constraints-gpu.txt" in project_install and "torch.version.cuda" in project_install
     entrypoint = next(args for keyword, args in instructions if keyword == "ENTRYPOINT")
     assert f'"--pool", "{DEPLOY["GPU_POOL"]}"' in entrypoint
@@ -246,4 +248,4 @@ def test_images_keep_the_code_where_deployments_look_for_it(dockerfile):
     instructions = dockerfile_instructions(DOCKER / dockerfile)
     assert ("WORKDIR", DEPLOY["CONTAINER_WORKDIR"]) in instructions
     runs = [args for keyword, args in instructions if keyword == "RUN"]
-    assert any(re.search(r"pip install -c \S+ -e \.( |$)", run) for run in runs)
+    assert any(re.search(PROJECT_INSTALL, run) for run in runs)
