@@ -478,6 +478,9 @@ class ExecutionSettings(_Settings):
     timeout_s: float | None = Field(
         None, gt=0, description="how long to wait for one stage's flow run; empty: as long as it takes"
     )
+    poll_s: float = Field(
+        2, gt=0, le=60, description="how often the pipeline asks the API whether a stage's flow run ended"
+    )
 
 
 class Recipe(_Settings):

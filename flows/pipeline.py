@@ -162,7 +162,12 @@ class PipelineRun:
             k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in shared.items()
         }
         parameters["workspace"] = self.ws.location
-        child = run_deployment(target, parameters=parameters, timeout=self.execution.timeout_s)
+        child = run_deployment(
+            target,
+            parameters=parameters,
+            timeout=self.execution.timeout_s,
+            poll_interval=self.execution.poll_s,  # Prefect's default, 5 s, adds seconds to every stage
+        )
         self.logger.info("stage %s: flow run %s of %s ended %s", name, child.name, target, child.state.name)
         if not child.state.is_completed():  # a failed child leaves this run Completed unless checked
             return (

@@ -18,12 +18,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from conftest import tiny_recipe, write_topic_documents
 from pdf_factory import write_report_pdf
+from tenacity import retry, retry_if_result, stop_after_attempt, wait_exponential
 
 from docqa.synthesis.serve import free_port
 
@@ -97,6 +99,7 @@ def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",  # a 503's cause in prefect-server.log
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         **S3_CREDENTIALS,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
@@ -140,20 +143,35 @@ def cluster(tmp_path_factory, tiny_base) -> Iterator[dict]:
         servers.stop()
 
 
+@retry(
+    retry=retry_if_result(lambda response: response.status_code == 503),
+    stop=stop_after_attempt(6),
+    wait=wait_exponential(multiplier=0.5, max=8),
+    retry_error_callback=lambda state: state.outcome.result(),
+)
+def _request(method: str, url: str, **kwargs) -> httpx.Response:
+    return httpx.request(method, url, timeout=30, **kwargs)
+
+
+def api_call(method: str, url: str, **kwargs) -> Any:
+    """A Prefect API call, retried on 503 as Prefect's own client does: the server answers 503 to errors
+    worth retrying, such as SQLite being busy while workers write."""
+    return _request(method, url, **kwargs).raise_for_status().json()
+
+
 def deployment_id(api: str, name: str) -> str:
-    return httpx.get(f"{api}/deployments/name/{name}").raise_for_status().json()["id"]
+    return api_call("GET", f"{api}/deployments/name/{name}")["id"]
 
 
 def run_deployment_as_ui(api: str, name: str) -> str:
     """What the UI's "Run" does: create a flow run of the deployment with its default parameters."""
-    created = httpx.post(f"{api}/deployments/{deployment_id(api, name)}/create_flow_run", json={})
-    return created.raise_for_status().json()["id"]
+    return api_call("POST", f"{api}/deployments/{deployment_id(api, name)}/create_flow_run", json={})["id"]
 
 
 def wait_terminal(api: str, flow_run_id: str, root: Path, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").raise_for_status().json()
+        run = api_call("GET", f"{api}/flow_runs/{flow_run_id}")
         if run["state_type"] in TERMINAL:
             return run
         time.sleep(1)
@@ -163,7 +181,7 @@ def wait_terminal(api: str, flow_run_id: str, root: Path, timeout_s: float = 600
 
 def pipeline_runs(api: str) -> list[dict]:
     query = {"deployments": {"id": {"any_": [deployment_id(api, "docqa-pipeline/docqa-pipeline")]}}}
-    return httpx.post(f"{api}/flow_runs/filter", json=query).raise_for_status().json()
+    return api_call("POST", f"{api}/flow_runs/filter", json=query)
 
 
 def s3_store(endpoint: str):
@@ -194,9 +212,9 @@ def test_deploy_run_watch_retrain_and_promote(cluster):
     assert first_run["state_type"] == "COMPLETED", first_run["state"]
     first = report_of(store, first_run)
     # the GPU stages ran as flow runs of their deployments, children of the pipeline run
-    children = httpx.post(
-        f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [first_id]}}}
-    ).json()
+    children = api_call(
+        "POST", f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [first_id]}}}
+    )
     assert len(children) >= 3
 
     (cluster["docs"] / "inspection-report.pdf").parent.mkdir(exist_ok=True)
