@@ -82,7 +82,7 @@ class PipelineRun:
     """Bookkeeping for one flow run: times each stage, records it, writes the report even on failure."""
 
     def __init__(self, ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
-        self.ws, self.workspace = ws, ws.local
+        self.ws = ws
         self.execution = execution
         self.tracker = Tracker(ws.local, recipe.experiment)
         if ws.remote and execution.gpu_stages == "deployments" and self.tracker.uri.startswith("sqlite"):
@@ -224,7 +224,7 @@ class PipelineRun:
 
     def write_report(self) -> Path:
         """The report, in the workspace (on its store too, for a URL workspace)."""
-        path = self.report.write(self.workspace)
+        path = self.report.write(self.ws.local)
         for name in (path.name, "latest.json"):
             self.ws.sync_file(f"reports/{name}")
         return path

@@ -45,19 +45,19 @@ def watch_documents(
         extensions: file types that count as documents
     """
     logger = get_run_logger()
-    root = Workspace(workspace)
+    ws = Workspace(workspace)
     current = fingerprint(docs, extensions)
-    diff = changes_since_trained(root, docs, current)
+    diff = changes_since_trained(ws, docs, current)
     if diff.empty:
         logger.info("%s: %d documents, as last trained on; nothing to announce", docs, len(current))
         return {"changed": False, "announced": False, "documents": len(current)}
-    if read_state(root, "announced", docs) == current:
+    if read_state(ws, "announced", docs) == current:
         logger.info("%s: change already announced; its run is pending or running", docs)
         return {"changed": True, "announced": False, "documents": len(current)}
     lists = {kind: getattr(diff, kind) for kind in ("added", "changed", "removed")}
     payload = {
         "location": canonical_location(docs),
-        "workspace": root.location,
+        "workspace": ws.location,
         "documents": len(current),
         **{kind: names[:LISTED_NAMES] for kind, names in lists.items()},
         **{f"{kind}_count": len(names) for kind, names in lists.items()},
@@ -70,7 +70,7 @@ def watch_documents(
         },
         payload=payload,
     )
-    write_state(root, "announced", docs, current)
+    write_state(ws, "announced", docs, current)
     logger.info(
         "%s: announced %s (%s)",
         docs,

@@ -82,7 +82,8 @@ def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSe
     from docqa.stages.ingest import ingest_documents
 
     root = Path(workspace) / "ingest"
-    return ingest_documents([Path(f.path) for f in files], root, root / "store", settings)
+    paths, digests = [Path(f.path) for f in files], [f.sha256 for f in files]
+    return ingest_documents(paths, root, root / "store", settings, digests)
 
 
 @task(name="chunk", cache_policy=content_policy("docqa.stages.chunk", "docqa.split"), persist_result=True)

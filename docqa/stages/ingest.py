@@ -406,28 +406,33 @@ def store_key(settings: IngestSettings) -> str:
 
 
 def ingest_documents(
-    paths: list[Path], out_root: Path, store_dir: Path, settings: IngestSettings
+    paths: list[Path],
+    out_root: Path,
+    store_dir: Path,
+    settings: IngestSettings,
+    digests: list[str] | None = None,
 ) -> IngestOutput:
     """Extract (or reuse) every document, flag byte-identical copies, publish records under their digest.
 
     Only contents missing from the store are extracted, each once however many copies there are, in
-    ``settings.workers`` processes."""
+    ``settings.workers`` processes. ``digests``: the files' sha256 when the caller has them already
+    (the pipeline fingerprints its files for the cache key); read here otherwise."""
     key = store_key(settings)
-    digests = [sha256_file(path) for path in paths]
-    missing = {
-        sha256: path
-        for path, sha256 in zip(paths, digests, strict=True)
-        if not (store_dir / f"{sha256}-{key}.json").exists()
-    }
+    if digests is None:
+        digests = [sha256_file(path) for path in paths]
+
+    def entry(sha256: str) -> Path:
+        return store_dir / f"{sha256}-{key}.json"
+
+    pairs = list(zip(paths, digests, strict=True))
+    missing = {sha256: path for path, sha256 in pairs if not entry(sha256).exists()}
     fresh = dict(zip(missing, extract_all(list(missing.items()), settings), strict=True))
     for sha256, content in fresh.items():
-        write_json_atomic(store_dir / f"{sha256}-{key}.json", content)
+        write_json_atomic(entry(sha256), content)
     records: list[DocumentRecord] = []
     first_path: dict[str, str] = {}
-    for path, sha256 in zip(paths, digests, strict=True):
-        content = fresh.get(sha256) or ExtractedContent.model_validate(
-            read_json(store_dir / f"{sha256}-{key}.json")
-        )
+    for path, sha256 in pairs:
+        content = fresh.get(sha256) or ExtractedContent.model_validate(read_json(entry(sha256)))
         records.append(bind_to_path(content, path, duplicate_of=first_path.get(sha256)))
         first_path.setdefault(sha256, str(path))
     _require_some_ok(records)
