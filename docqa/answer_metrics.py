@@ -7,6 +7,9 @@ Plain functions over strings, so every definition can be read and tested without
   tokens minus stop words; numbers kept; words of 5+ letters match on their first 5 letters, so
   "returns" carries "returned") that the answer contains. A question counts as **recalled** when that
   share is at least ``recall_threshold``. References with no content word are left out and counted.
+- **strict recall** (the headline): the same, over the reference's content words that are *not* in the
+  question. An answer that only restates the question carries none of them and scores zero; a reference
+  that adds nothing to its question is left out (unscored).
 - **errors** of one answer, each counted with examples: ``empty``; ``too_long`` (more than
   ``long_answer_ratio`` × the reference's words); ``repetitive`` (the synthesis filter's repetition
   test); ``unrelated`` (MiniLM similarity with the question's source chunk below a threshold, computed
@@ -15,8 +18,7 @@ Plain functions over strings, so every definition can be read and tested without
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
+from docqa.figures import RecallSummary
 from docqa.synthesis.quality import content_words, is_repetitive, stem, words
 
 MAX_EXAMPLES = 3
@@ -27,26 +29,26 @@ def _terms(text: str) -> set[str]:
     return {stem(w) or w for w in content_words(text)}
 
 
-def fact_recall(answer: str, reference: str) -> float | None:
-    """Share of the reference's content words the answer carries; None when the reference has none."""
+def fact_recall(answer: str, reference: str, question: str | None = None) -> float | None:
+    """Share of the reference's content words the answer carries, leaving out those of ``question``
+    when given (strict recall); None when no content word is left to look for."""
     wanted = _terms(reference)
+    if question is not None:
+        wanted -= _terms(question)
     if not wanted:
         return None
     return len(wanted & _terms(answer)) / len(wanted)
 
 
-class RecallSummary(BaseModel):
-    recalled: float  # share of scored questions whose recall reaches the threshold
-    mean_recall: float
-    scored: int
-    unscored: int  # references without a content word
-
-
-def recall_summary(answers: list[str], references: list[str], threshold: float) -> RecallSummary:
-    scores = [fact_recall(a, r) for a, r in zip(answers, references, strict=True)]
+def recall_summary(
+    answers: list[str], references: list[str], threshold: float, questions: list[str] | None = None
+) -> RecallSummary:
+    """Recall over a question set; strict (words not in the question) when ``questions`` are given."""
+    asked = questions if questions is not None else [None] * len(answers)
+    scores = [fact_recall(a, r, q) for a, r, q in zip(answers, references, asked, strict=True)]
     scored = [s for s in scores if s is not None]
     if not scored:
-        raise ValueError("no held-out reference answer has a content word: fact recall cannot be measured")
+        return RecallSummary(recalled=None, mean_recall=None, scored=0, unscored=len(scores))
     return RecallSummary(
         recalled=sum(s >= threshold for s in scored) / len(scored),
         mean_recall=sum(scored) / len(scored),

@@ -364,6 +364,8 @@ def _latest_report(workspace: Path) -> dict[str, Any] | None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
+    from docqa.figures import EvaluationFigures
+
     table = Table(title=f"docqa run {report['flow_run_name']} · {report['status']}")
     for column in ("stage", "status", "cached", "seconds", "key figures"):
         table.add_column(column)
@@ -377,32 +379,29 @@ def print_summary(report: dict[str, Any]) -> None:
             stage, f"[{colour}]{info['status']}[/{colour}]", cached, f"{info['seconds']:.1f}", figures
         )
     console.print(table)
-    metrics = report.get("metrics") or {}
-    if "perplexity" in metrics:
-        ppl = metrics["perplexity"]
-        console.print(
-            "held-out perplexity: " + " → ".join(f"{state} {value:.2f}" for state, value in ppl.items())
-        )
-        for state, scores in metrics["rouge"].items():
-            console.print(
-                f"held-out ROUGE ({state}): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-            )
-        recall, similarity = metrics["recall"], metrics["semantic_similarity"]
-        console.print(
-            "held-out fact recall: "
-            + ", ".join(f"{s} {recall[s]['recalled']:.3f} (similarity {similarity[s]:.3f})" for s in recall)
-        )
-        forgetting = metrics["forgetting"]
-        verdict = "[green]passed[/green]" if forgetting["passed"] else "[red]FAILED[/red]"
-        console.print(
-            f"forgetting (general-text perplexity): base {forgetting['base']:.2f} → tuned "
-            f"{forgetting['tuned']:.2f}, ratio {forgetting['ratio']:.3f} "
-            f"(gate ≤ {forgetting['max_ratio']}): {verdict}"
-        )
+    if report.get("evaluation"):
+        print_evaluation(EvaluationFigures.model_validate(report["evaluation"]))
     console.print("counts: " + ", ".join(f"{k}={v}" for k, v in report.get("counts", {}).items()))
     failed = [d for d in report.get("documents", []) if d["status"] == "failed"]
     for document in failed:
         console.print(f"[yellow]document failed[/yellow] {document['path']}: {document['reason']}")
+
+
+def print_evaluation(figures) -> None:
+    """Does it know the documents: recall per question set and model, then the headline figures."""
+    from docqa.figures import headline_lines, recall_rows
+
+    table = Table(title="does it know the documents? strict recall (earlier recall in brackets)")
+    rows = recall_rows(figures)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    for line in headline_lines(figures):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    for name, why in figures.omitted.items():
+        console.print(f"{name} set omitted: {why}", soft_wrap=True, markup=False, highlight=False)
 
 
 def print_ui_commands(report: dict[str, Any], workspace: Path) -> None:

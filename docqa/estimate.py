@@ -24,10 +24,11 @@ from pypdf.errors import DependencyError, FileNotDecryptedError
 from rich.console import Console
 from rich.table import Table
 
+from docqa.bases import TINY_BOOTSTRAP, prepared_embedded_dir
 from docqa.hashing import sha256_file
 from docqa.outputs import bootstrap_dir
 from docqa.settings import IngestSettings, Recipe, TrainSettings
-from docqa.split import document_side
+from docqa.split import document_sides
 from docqa.stages.ingest import (
     MALFORMED_PDF_ERRORS,
     PDF_SUFFIX,
@@ -59,9 +60,10 @@ FORWARD_FLOPS_PER_PARAMETER = 2
 # Beyond a factor of ten in size, fixed per-step costs (Python, kernel launches, 4-bit dequantisation)
 # break the proportionality of time to FLOPs: such a scaled figure would be a guess.
 MAX_SCALE = 10.0
-EVAL_ANSWER_PASSES = 2  # evaluate answers every question with the base and with the tuned model
-EVAL_PPL_STATES = 3  # held-out perplexity of base, pretrained and SFT
-EVAL_GENERAL_STATES = 2  # general-text perplexity of base and tuned
+EVAL_ANSWER_PASSES = 3  # every question is answered by the base, the pretrained and the final model
+EVAL_OPEN_BOOK_PASSES = 2  # knowledge questions answered open-book by the base: oracle and RAG
+EVAL_PPL_STATES = 3  # perplexity of base, pretrained and final on trained and on held-out text
+EVAL_GENERAL_STATES = 3  # general-text perplexity of base, pretrained and final
 SECONDS_PER_HOUR = 3600
 
 # Published shapes of the bases the shipped recipes name, for when their config.json is not on disk.
@@ -77,6 +79,11 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, int | bool]] = {
     "meta-llama/Meta-Llama-3-8B": {
         "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False,
+    },
+    # the embedded default (model.embedded), as converted from its GGUF file
+    "smollm2-135m-instruct": {
+        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True,
     },
 }  # fmt: skip
 LLAMA_LIKE = ("llama", "mistral")  # no biases, gated MLP, RMS norms: the formula below holds
@@ -205,6 +212,7 @@ class Work(BaseModel):
     acceptance_rate: float
     acceptance_source: str
     qa_train: int
+    qa_knowledge: int
     qa_eval: int
     pretrain_blocks: int
     pretrain_steps: int
@@ -215,7 +223,8 @@ class Work(BaseModel):
     sft_rows: int
     sft_steps: int
     sft_tokens: int  # processed, all epochs
-    eval_questions: int
+    eval_questions: int  # closed-book questions over the three sets
+    open_book_questions: int  # knowledge questions asked again with passages (oracle, RAG)
     scored_tokens: int  # forward tokens of the perplexity windows, every state
 
 
@@ -271,11 +280,16 @@ def llama_parameters(config: dict[str, Any]) -> int:
 def _local_file(recipe: Recipe, filename: str) -> tuple[Path | None, str]:
     """``filename`` of the recipe's base on this disk (bootstrap folder, local folder, hub cache)."""
     base = recipe.model.base
-    if not base:
+    if not base and recipe.model.embedded == TINY_BOOTSTRAP:
         path = bootstrap_dir(recipe.model.bootstrap) / filename
         if path.is_file():
             return path, f"the bootstrap base's {path}"
         return None, f"{path} is not built yet"
+    if not base:
+        folder = prepared_embedded_dir(recipe.model.embedded)
+        if folder is not None and (folder / filename).is_file():
+            return folder / filename, f"the embedded base's {folder / filename}"
+        return None, f"the embedded base {recipe.model.embedded} is not prepared yet"
     if Path(base).is_dir():
         path = Path(base) / filename
         return (path, str(path)) if path.is_file() else (None, f"{base} has no {filename}")
@@ -289,7 +303,7 @@ def _local_file(recipe: Recipe, filename: str) -> tuple[Path | None, str]:
 
 def model_size(recipe: Recipe) -> tuple[str, int | None, str]:
     """(name, parameter count or None, where the count came from)."""
-    name = recipe.model.base or "tiny bootstrap base"
+    name = recipe.model.base or recipe.model.embedded
     config_path, where = _local_file(recipe, "config.json")
     if config_path is not None:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -300,6 +314,9 @@ def model_size(recipe: Recipe) -> tuple[str, int | None, str]:
                 f"{where}: no parameter formula here for model_type {config.get('model_type')!r}",
             )
         return name, llama_parameters(config), f"computed from {where}"
+    if not recipe.model.base and recipe.model.embedded in KNOWN_ARCHITECTURES:
+        config = KNOWN_ARCHITECTURES[recipe.model.embedded]
+        return name, llama_parameters(config), "its published architecture (not prepared yet)"
     if not recipe.model.base:
         shape = recipe.model.bootstrap
         config = {
@@ -422,18 +439,22 @@ def estimate_chunks(tokens: int, recipe: Recipe) -> int:
 def survey(docs: Path, recipe: Recipe, counter: TokenCounter) -> list[DocumentEstimate]:
     """Every document ingest would read; identical files counted once, as ingest does."""
     seen: dict[str, str] = {}
-    found = []
+    found: list[tuple[DocumentEstimate, str | None]] = []
     for path in list_documents(docs, recipe.ingest):
         digest = sha256_file(path)
         if digest in seen:
-            found.append(DocumentEstimate(name=path.name, kind=_kind(path), duplicate_of=seen[digest]))
+            found.append(
+                (DocumentEstimate(name=path.name, kind=_kind(path), duplicate_of=seen[digest]), None)
+            )
             continue
         seen[digest] = path.name
-        document = survey_document(path, recipe, counter)
-        if document.problem is None:
-            document = document.model_copy(update={"split": document_side(path.name, digest, recipe.split)})
-        found.append(document)
-    return found
+        found.append((survey_document(path, recipe, counter), digest))
+    readable = [(document.name, digest) for document, digest in found if digest and document.problem is None]
+    sides = document_sides(readable, recipe.split)
+    return [
+        document.model_copy(update={"split": sides[digest]}) if digest in sides else document
+        for document, digest in found
+    ]
 
 
 # --- choosing and scaling measured figures --------------------------------------------------------------
@@ -736,7 +757,9 @@ def measure_work(
     per_chunk = recipe.synthesize.pairs_per_chunk
     accepted, acceptance_source, keys = acceptance(book.figures, recipe)
     book.used.update(keys)
-    qa_train, qa_eval = round(train_chunks * per_chunk * accepted), round(eval_chunks * per_chunk * accepted)
+    qa_pretrained = round(train_chunks * per_chunk * accepted)
+    qa_knowledge = round(qa_pretrained * recipe.split.knowledge_fraction)
+    qa_train, qa_eval = qa_pretrained - qa_knowledge, round(eval_chunks * per_chunk * accepted)
     chars_per_token = chars / tokens if tokens else CHARS_PER_TOKEN
     example_tokens, example_source, keys = sft_example_tokens(
         book.figures, recipe, parameters, chars_per_token
@@ -759,12 +782,15 @@ def measure_work(
         acceptance_rate=accepted,
         acceptance_source=acceptance_source,
         qa_train=qa_train,
+        qa_knowledge=qa_knowledge,
         qa_eval=qa_eval,
         **pretrain_work(train_tokens + train_chunks, recipe),  # token_stream puts eos after each chunk
         **sft_work(qa_train, example_tokens, recipe),
         sft_example_tokens=example_tokens,
         sft_example_source=example_source,
-        **evaluation_work(qa_eval, sum(d.tokens for d in heldout), recipe),
+        **evaluation_work(
+            (qa_knowledge, qa_train, qa_eval), train_tokens, sum(d.tokens for d in heldout), recipe
+        ),
     )
 
 
@@ -787,14 +813,19 @@ def sft_work(qa_train: int, example_tokens: float, recipe: Recipe) -> dict[str, 
     return {"sft_examples": examples, "sft_rows": rows, "sft_steps": steps, "sft_tokens": processed}
 
 
-def evaluation_work(qa_eval: int, heldout_tokens: int, recipe: Recipe) -> dict[str, int]:
-    """Questions answered, and the tokens the perplexity windows run forward (general text at its cap)."""
+def evaluation_work(
+    questions: tuple[int, int, int], trained_tokens: int, heldout_tokens: int, recipe: Recipe
+) -> dict[str, int]:
+    """Questions answered (knowledge, memorisation, control; each capped), and the tokens the perplexity
+    windows run forward (trained and held-out text at their cap, general text at its cap)."""
     settings = recipe.evaluate
-    scored = min(heldout_tokens, settings.max_ppl_tokens or heldout_tokens)
+    asked = [min(n, settings.max_questions or n) for n in questions]
+    scored = sum(min(n, settings.max_ppl_tokens or n) for n in (trained_tokens, heldout_tokens))
     windows = settings.ppl_window / settings.ppl_stride
     forward = (EVAL_PPL_STATES * scored + EVAL_GENERAL_STATES * settings.max_general_tokens) * windows
     return {
-        "eval_questions": min(qa_eval, settings.max_questions or qa_eval),
+        "eval_questions": sum(asked),
+        "open_book_questions": EVAL_OPEN_BOOK_PASSES * asked[0] if settings.open_book else 0,
         "scored_tokens": round(forward),
     }
 
@@ -812,7 +843,7 @@ def stage_rows(
     answer_rate = book.use(
         generation_rate(figures, target, parameters, evaluate.batch_size, evaluate.max_new_tokens)
     )
-    answers = EVAL_ANSWER_PASSES * work.eval_questions
+    answers = EVAL_ANSWER_PASSES * work.eval_questions + work.open_book_questions
     rows = [
         timed_row("ingest", work.pages, "pages", "page tree read, text extracted", "cpu", ingest_rate),
         timed_row(
@@ -863,7 +894,8 @@ def stage_rows(
             "evaluate · answers",
             answers,
             "answers",
-            f"{work.eval_questions:,} questions × base and tuned, ≤ {evaluate.max_new_tokens} new tokens",
+            f"{work.eval_questions:,} questions × base, pretrained and final + {work.open_book_questions:,} "
+            f"open-book, ≤ {evaluate.max_new_tokens} new tokens",
             target,
             answer_rate,
         ),
@@ -871,8 +903,9 @@ def stage_rows(
             "evaluate · perplexity",
             work.scored_tokens,
             "tokens",
-            f"held-out text × {EVAL_PPL_STATES} states, ≤ {_fmt_count(evaluate.max_general_tokens)} general "
-            f"tokens × {EVAL_GENERAL_STATES}, windows {evaluate.ppl_window}/{evaluate.ppl_stride}",
+            f"trained and held-out text × {EVAL_PPL_STATES} states, ≤ "
+            f"{_fmt_count(evaluate.max_general_tokens)} general tokens × {EVAL_GENERAL_STATES}, windows "
+            f"{evaluate.ppl_window}/{evaluate.ppl_stride}",
             target,
             book.use(scoring_rate(figures, target, parameters)),
         ),
@@ -959,13 +992,15 @@ def corpus_notes(documents: list[DocumentEstimate], recipe: Recipe, counter: Tok
             notes.append(f"{document.name}: ingest would fail it: {document.problem}.")
         if document.duplicate_of:
             notes.append(f"{document.name}: identical to {document.duplicate_of}, counted once.")
-    for side in ("train", "eval"):
-        if not any(document.split == side for document in documents):
-            notes.append(
-                f"No {side} document: the chunk stage will stop (split.eval_fraction="
-                f"{recipe.split.eval_fraction}, seed={recipe.split.seed}); add documents or name held-out "
-                "files in split.eval_documents."
-            )
+    if not any(document.split == "eval" for document in documents):
+        notes.append(
+            "No held-out document (a corpus of fewer than split.min_documents_for_control documents): the "
+            "knowledge gain will be uncontrolled."
+        )
+    if not any(document.split == "train" for document in documents):
+        notes.append(
+            "No training document: the chunk stage will stop; name fewer files in split.eval_documents."
+        )
     return notes
 
 
@@ -1031,10 +1066,11 @@ def summary_lines(result: Estimate) -> list[str]:
         "document split)",
         f"synthesis: {work.synthesis_requests:,} requests, {work.pairs_requested:,} pairs asked{judge}; "
         f"acceptance {work.acceptance_rate:.3g} ({work.acceptance_source})",
-        f"expected Q&A: {work.qa_train:,} train, {work.qa_eval:,} held-out",
+        f"expected Q&A: {work.qa_train:,} SFT, {work.qa_knowledge:,} knowledge questions, {work.qa_eval:,} "
+        "control questions",
         f"pretraining: {work.pretrain_tokens:,} tokens in {work.pretrain_steps:,} steps; SFT: "
         f"{work.sft_examples:,} examples in {work.sft_steps:,} steps; evaluation: {work.eval_questions:,} "
-        "questions",
+        f"questions × {EVAL_ANSWER_PASSES} models + {work.open_book_questions:,} open-book",
         f"model: {result.model}, {parameters} parameters ({result.parameters_source})",
         f"device: {result.device} ({result.device_reason})",
     ]

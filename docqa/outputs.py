@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from docqa.figures import EvaluationFigures
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
 from docqa.workspace import StageOutput, cache_root, read_json
@@ -42,7 +43,10 @@ class BaseModelRef(BaseModel):
     path: str  # local folder, or a hub id
     digest: str  # weights + config + tokenizer
     tokenizer_digest: str
-    source: str  # "bootstrap" | "local" | "hub"
+    source: str  # "embedded" | "gguf" | "bootstrap" | "local" | "hub"
+    embedded: str | None = None  # the model.embedded name of an embedded base
+    name: str | None = None  # what the model is called, where known (embedded and GGUF bases)
+    license: str | None = None
 
 
 def describe_base(path_or_id: str, revision: str | None = None, source: str | None = None) -> BaseModelRef:
@@ -73,8 +77,9 @@ def bootstrap_dir(settings: BootstrapSettings) -> Path:
 class ChunkOutput(StageOutput):
     documents: int  # documents that were chunked (ok and not duplicates)
     chunks: int
-    train_chunks: int
-    eval_chunks: int
+    train_chunks: int  # pretrained on, Q&A trained on in SFT
+    knowledge_chunks: int  # pretrained on, Q&A held out of SFT (the knowledge questions)
+    eval_chunks: int  # of held-out documents (the control)
     train_documents: int
     eval_documents: int
     duplicate_documents: int
@@ -100,8 +105,9 @@ class SynthesizeOutput(StageOutput):
     """Counts of one synthesis; ``summary.json`` in ``path`` holds the rest (coverage, reasons)."""
 
     qa_digest: str  # of the Q&A rows alone: what training depends on
-    qa_train: int
-    qa_eval: int
+    qa_train: int  # SFT pairs
+    qa_knowledge: int  # knowledge questions: from pretrained chunks, held out of SFT
+    qa_eval: int  # control questions: from held-out documents
     chunks: int
     chunks_failed: int  # no reply (HTTP error, timeout, refused connection); retried next run
     chunks_near_duplicate: int  # not sent: a near-twin of an earlier chunk was
@@ -119,6 +125,8 @@ class SynthesizeOutput(StageOutput):
     judge_failed: int  # pairs whose judge request got no reply; retried next run
     eval_pairs_checked: int
     eval_pairs_removed: int
+    knowledge_pairs_checked: int
+    knowledge_pairs_removed: int
 
     @property
     def cache_digest(self) -> str:
@@ -144,6 +152,9 @@ class SynthesizeOutput(StageOutput):
                 "latency_p95_s",
             }
         )
+
+
+QA_SPLITS = ("train", "knowledge", "eval")  # SFT pairs; knowledge questions; control questions
 
 
 def qa_file(qa_path: Path, split: str) -> Path:
@@ -186,28 +197,31 @@ def read_log_history(stage_path: Path) -> list[dict]:
 
 
 class EvalOutput(StageOutput):
-    perplexity: dict[str, float]
-    rouge: dict[str, dict[str, float]]
-    forgetting: dict[str, Any]  # base, tuned, ratio, max_ratio, passed, source, tokens
-    semantic_similarity: dict[str, float]  # base, sft
-    recall: dict[str, dict[str, Any]]  # base, sft: recalled, mean_recall, scored, unscored
-    errors: dict[str, dict[str, dict]]  # base, sft: kind -> count, examples
-    llm_judge: dict[str, Any] | None = None  # base, sft mean 1-5 scores, unscored, judge; when asked for
-    eval_documents: int
-    eval_tokens: int
-    eval_questions: int
+    figures: EvaluationFigures
     seconds: float
+
+    @property
+    def forgetting_passed(self) -> bool:
+        return self.figures.forgetting.passed
 
 
 class Generation(BaseModel):
+    """One question of one set, with every answer given to it (model states; open-book references on
+    the knowledge set)."""
+
+    set: str
     question: str
     reference: str
-    base_answer: str
-    tuned_answer: str
+    answers: dict[str, str]
     doc_title: str
     chunk_id: str
 
 
+def read_jsonl(path: Path) -> list[str]:
+    """The records of a JSON Lines file. Split on "\n" only: ``str.splitlines`` also splits on U+2028,
+    U+0085 and other characters that JSON leaves raw inside strings (see PITFALLS)."""
+    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def read_generations(eval_path: Path) -> list[Generation]:
-    lines = (Path(eval_path) / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines()
-    return [Generation.model_validate_json(line) for line in lines if line]
+    return [Generation.model_validate_json(line) for line in read_jsonl(Path(eval_path) / GENERATIONS_FILE)]

@@ -170,10 +170,13 @@ def _registered_version(client, reference: str) -> tuple[str, str]:
 
 
 def package_base(folder: Path, manifest: ModelManifest) -> BaseModelRef:
-    """The base the package's adapters belong on: its own copy, or the referenced folder / hub id."""
+    """The base the package's adapters belong on: its own copy, or the referenced folder / hub id; an
+    embedded base not on this machine yet is prepared here (and checked to be the same weights)."""
     if manifest.base_packaged:
         return manifest.base.model_copy(update={"path": str(folder / "base")})
-    return manifest.base
+    from docqa.bases import ensure_packaged_base
+
+    return ensure_packaged_base(manifest.base)
 
 
 def load_packaged_model(folder: Path, for_serving: bool = False):

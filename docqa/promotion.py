@@ -59,7 +59,7 @@ def package_run(
         corpus_fingerprint=corpus_fingerprint(trained),
         heldout_digest=heldout_digest(evaluation, held_out, recipe.evaluate),
         metrics=headline_metrics(evaluation),
-        qa_counts={"train": qa.qa_train, "eval": qa.qa_eval},
+        qa_counts={"train": qa.qa_train, "knowledge": qa.qa_knowledge, "eval": qa.qa_eval},
     )
     adapters = {"pretrain": Path(pretrained.adapter_path), "sft": Path(tuned.adapter_path)}
     # the report as it stands once every stage has completed; the promotion verdict is not known yet

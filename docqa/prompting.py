@@ -9,6 +9,15 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+OPEN_BOOK_PROMPT = "Answer the question using the passages below.\n\n{passages}\n\nQuestion: {question}"
+
+
+def open_book_question(question: str, passages: list[str]) -> str:
+    """A question with passages to read first: the open-book references of evaluation (oracle, RAG)."""
+    numbered = "\n\n".join(f"Passage {i}:\n{text}" for i, text in enumerate(passages, 1))
+    return OPEN_BOOK_PROMPT.format(passages=numbered, question=question)
+
+
 def sft_example(tokenizer, question: str, answer: str, settings: ModelSettings) -> dict:
     """A TRL prompt-completion example: conversational with a chat template, plain text without one."""
     if uses_chat_template(tokenizer):

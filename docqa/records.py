@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from docqa.figures import metric_values, stage_figures
 from docqa.outputs import (
     LOG_HISTORY_FILE,
     ChunkOutput,
@@ -93,6 +94,7 @@ class StageRecorder:
         self.report.counts.update(
             chunks=output.chunks,
             chunks_train=output.train_chunks,
+            chunks_knowledge=output.knowledge_chunks,
             chunks_eval=output.eval_chunks,
             chunks_duplicate=output.duplicate_chunks,
         )
@@ -115,22 +117,30 @@ class StageRecorder:
     def _synthesize(self, run_id: str, output: SynthesizeOutput, cached: bool) -> dict[str, Any]:
         requests = 0 if cached else output.requests
         self.report.counts.update(
-            qa_train=output.qa_train, qa_eval=output.qa_eval, synthesis_requests=requests
+            qa_train=output.qa_train,
+            qa_knowledge=output.qa_knowledge,
+            qa_eval=output.qa_eval,
+            synthesis_requests=requests,
         )
         self.report.synthesis = output.report_figures()
         self.report.outputs["synthesis"] = output.path
-        self.report.contamination = {
-            "eval_pairs_checked": output.eval_pairs_checked,
-            "eval_pairs_removed": output.eval_pairs_removed,
-        }
+        self.report.contamination = output.model_dump(
+            include={
+                "eval_pairs_checked",
+                "eval_pairs_removed",
+                "knowledge_pairs_checked",
+                "knowledge_pairs_removed",
+            }
+        )
         figures = {
             "qa_train": output.qa_train,
+            "qa_knowledge": output.qa_knowledge,
             "qa_eval": output.qa_eval,
             "requests": requests,
             "failed": output.chunks_failed,
             "unparsed": output.replies_unparsed,
             "rejected": output.pairs_rejected,
-            "contaminated": output.eval_pairs_removed,
+            "contaminated": output.eval_pairs_removed + output.knowledge_pairs_removed,
         }
         metrics = {
             **{k: v for k, v in self.report.synthesis.items() if k != "rejected_by_reason"},
@@ -143,7 +153,7 @@ class StageRecorder:
         }
         self.tracker.log_metrics(run_id, metrics)
         folder = Path(output.path)
-        for split, context in (("train", "training"), ("eval", "evaluation")):
+        for split, context in (("train", "training"), ("knowledge", "evaluation"), ("eval", "evaluation")):
             file = qa_file(folder, split)
             frame = pd.read_parquet(file)
             for target in (run_id, self.report.mlflow_run_id):
@@ -184,57 +194,17 @@ class StageRecorder:
         return self._train("sft", run_id, output, cached)
 
     def _evaluate(self, run_id: str, output: EvalOutput, cached: bool) -> dict[str, Any]:
-        self.report.metrics["perplexity"] = output.perplexity
-        self.report.metrics["rouge"] = output.rouge
-        self.report.metrics["forgetting"] = output.forgetting
-        if output.llm_judge is not None:
-            self.report.metrics["llm_judge"] = output.llm_judge
-        self.report.metrics["semantic_similarity"] = output.semantic_similarity
-        self.report.metrics["recall"] = output.recall
-        self.report.metrics["errors"] = {
-            name: {kind: entry["count"] for kind, entry in kinds.items()}
-            for name, kinds in output.errors.items()
-        }
-        self.report.metrics["eval_questions"] = output.eval_questions
-        self.report.metrics["eval_tokens"] = output.eval_tokens
-        metrics = evaluation_metrics(output)
-        self.tracker.log_metrics(run_id, metrics)
+        figures = output.figures
+        self.report.evaluation = figures
+        self.tracker.log_metrics(run_id, metric_values(figures))
         rows = [g.model_dump() for g in read_generations(Path(output.path))]
         self.tracker.log_table(run_id, rows, "generations.json")
         self.tracker.log_artifact(run_id, Path(output.path) / "metrics.json")  # with error examples
         self.tracker.set_tags(
-            run_id, {"docqa.forgetting_gate": "passed" if output.forgetting["passed"] else "failed"}
+            run_id, {"docqa.forgetting_gate": "passed" if figures.forgetting.passed else "failed"}
         )
         self.report.outputs["evaluation"] = output.path
-        return {
-            "ppl_base": round(output.perplexity["base"], 2),
-            "ppl_sft": round(output.perplexity["sft"], 2),
-            "rougeL_base": round(output.rouge["base"]["rougeL"], 4),
-            "rougeL_sft": round(output.rouge["sft"]["rougeL"], 4),
-            "recall_base": round(output.recall["base"]["recalled"], 4),
-            "recall_sft": round(output.recall["sft"]["recalled"], 4),
-            "forgetting_ratio": round(output.forgetting["ratio"], 3),
-            "forgetting_gate": "passed" if output.forgetting["passed"] else "FAILED",
-        }
-
-
-def evaluation_metrics(output: EvalOutput) -> dict[str, float]:
-    metrics = {f"perplexity_{state}": value for state, value in output.perplexity.items()}
-    for state, scores in output.rouge.items():
-        metrics.update({f"{name}_{state}": value for name, value in scores.items()})
-    for state in ("base", "tuned"):
-        metrics[f"general_perplexity_{state}"] = output.forgetting[state]
-    metrics["forgetting_ratio"] = output.forgetting["ratio"]
-    if output.llm_judge is not None:
-        metrics.update(
-            {f"llm_judge_{s}": output.llm_judge[s] for s in ("base", "sft") if output.llm_judge[s]}
-        )
-    for state in output.recall:
-        metrics[f"fact_recall_{state}"] = output.recall[state]["recalled"]
-        metrics[f"mean_fact_recall_{state}"] = output.recall[state]["mean_recall"]
-        metrics[f"semantic_similarity_{state}"] = output.semantic_similarity[state]
-        metrics.update({f"errors_{kind}_{state}": e["count"] for kind, e in output.errors[state].items()})
-    return metrics
+        return stage_figures(figures)
 
 
 def record_parent(
@@ -244,10 +214,10 @@ def record_parent(
     tuned: TrainOutput,
     evaluation: EvalOutput,
 ) -> None:
-    """The parent run: the headline metrics and the combined loss curves (both adapters and the
+    """The parent run: the evaluation's metrics and the combined loss curves (both adapters and the
     tokenizer go into the run's model package, logged as ``model``)."""
     run_id = report.mlflow_run_id
-    tracker.log_metrics(run_id, evaluation_metrics(evaluation))
+    tracker.log_metrics(run_id, metric_values(evaluation.figures))
     tracker.log_metrics(run_id, {"trainable_parameters": tuned.trainable_parameters})
     histories = {
         "pretrain": read_log_history(Path(pretrained.path)),

@@ -1,11 +1,12 @@
 """The MLflow model registry and the promotion gate.
 
 Every successful run registers its model package (``docqa.package``) as a version of ``docqa-<name>``.
-The alias ``champion`` moves to the new version only if, on the *same* held-out data, it beats the
-champion on ROUGE-L and on perplexity and it passes the forgetting gate; otherwise the version gets
-``challenger`` and the verdict says why. When the held-out data changed since the champion was measured
-(new held-out documents, other evaluation settings), the champion is scored again on today's held-out
-data before the comparison: figures measured on different questions are not compared.
+The alias ``champion`` moves to the new version only if it passes the forgetting gate, its
+``knowledge_gain`` exceeds ``registry.min_knowledge_gain`` and, when there is a champion, beats the
+champion's on the *same* questions; otherwise the version gets ``challenger`` and the verdict says why.
+When the questions changed since the champion was measured (new documents, other evaluation settings),
+the champion is scored again on today's questions before the comparison: figures measured on different
+questions are not compared.
 """
 
 from __future__ import annotations
@@ -29,21 +30,27 @@ TAG_PREFIX = "docqa."
 
 
 def headline_metrics(evaluation: EvalOutput) -> dict[str, float]:
-    """The figures the gate compares (and the registry shows), all on held-out data."""
-    return {
-        "rougeL": evaluation.rouge["sft"]["rougeL"],
-        "perplexity": evaluation.perplexity["sft"],
-        "fact_recall": evaluation.recall["sft"]["recalled"],
-        "semantic_similarity": evaluation.semantic_similarity["sft"],
-        "forgetting_ratio": evaluation.forgetting["ratio"],
-        "forgetting_passed": float(evaluation.forgetting["passed"]),
+    """The figures the gate compares (``knowledge_gain``, forgetting) and the registry shows."""
+    figures = evaluation.figures
+    sets = figures.sets
+    values = {
+        "knowledge_gain": figures.knowledge_gain.value,
+        "knowledge_gain_controlled": float(figures.knowledge_gain.controlled),
+        "knowledge_recall": sets["knowledge"].recall("final") if "knowledge" in sets else None,
+        "control_recall": sets["control"].recall("final") if "control" in sets else None,
+        "memorisation_recall": sets["memorisation"].recall("final") if "memorisation" in sets else None,
+        "rag_recovery": figures.rag_recovery,
+        "rougeL_control": sets["control"].answers["final"].rouge.rougeL if "control" in sets else None,
+        "forgetting_ratio": figures.forgetting.ratio,
+        "forgetting_passed": float(figures.forgetting.passed),
     }
+    return {key: float(value) for key, value in values.items() if value is not None}
 
 
 def heldout_digest(evaluation: EvalOutput, eval_documents: list[str], settings: EvaluateSettings) -> str:
     """What the figures were measured on: the held-out documents (by content), the questions and
-    references asked, and the evaluation settings that shape the scores."""
-    questions = [(g.question, g.reference) for g in read_generations(Path(evaluation.path))]
+    references asked in every set, and the evaluation settings that shape the scores."""
+    questions = [(g.set, g.question, g.reference) for g in read_generations(Path(evaluation.path))]
     scoring = settings.model_dump(mode="json", exclude={"sample_generations", "batch_size", "llm_judge"})
     return json_digest({"documents": sorted(eval_documents), "questions": questions, "settings": scoring})
 
@@ -70,25 +77,28 @@ def decide(
         reasons.append(
             f"forgetting gate failed: general-text perplexity ratio {candidate['forgetting_ratio']:.3f}"
         )
-    if champion is not None:
-        needed = champion["rougeL"] + settings.min_rougeL_gain
-        if not candidate["rougeL"] > needed:
+    gain = candidate.get("knowledge_gain")
+    if gain is None:
+        reasons.append("no knowledge_gain was measured (no knowledge question)")
+    elif not gain > settings.min_knowledge_gain:
+        reasons.append(
+            f"knowledge_gain {gain:+.4f} does not exceed registry.min_knowledge_gain "
+            f"{settings.min_knowledge_gain:+.4f}: it taught nothing measurable about the documents"
+        )
+    if champion is not None and gain is not None:
+        needed = champion.get("knowledge_gain", float("-inf")) + settings.min_gain_over_champion
+        if not gain > needed:
             reasons.append(
-                f"held-out ROUGE-L {candidate['rougeL']:.4f} does not beat the champion's "
-                f"{champion['rougeL']:.4f} (+{settings.min_rougeL_gain} required)"
-            )
-        ceiling = champion["perplexity"] * settings.max_perplexity_ratio
-        if not candidate["perplexity"] < ceiling:
-            reasons.append(
-                f"held-out perplexity {candidate['perplexity']:.3f} is not below the champion's "
-                f"{champion['perplexity']:.3f} × {settings.max_perplexity_ratio}"
+                f"knowledge_gain {gain:+.4f} does not beat the champion's "
+                f"{champion.get('knowledge_gain', float('nan')):+.4f} (+{settings.min_gain_over_champion} "
+                "required) on the same questions"
             )
     alias = CHALLENGER if reasons else CHAMPION
     if not reasons:
         reasons.append(
             "first version that passes the gate"
             if champion is None
-            else "beats the champion on held-out ROUGE-L and perplexity and passes the forgetting gate"
+            else "beats the champion's knowledge_gain on the same questions and passes the forgetting gate"
         )
     return Verdict(
         alias=alias,
@@ -127,7 +137,7 @@ def data_diff(
         documents_unchanged=len(new.keys() & old.keys()),
         qa={
             split: {"candidate": candidate_qa.get(split, 0), "champion": (champion_qa or {}).get(split, 0)}
-            for split in ("train", "eval")
+            for split in ("train", "knowledge", "eval")
         },
     )
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from docqa.figures import EvaluationFigures
 from docqa.secrets import redact
 from docqa.settings import STAGES
 from docqa.workspace import write_text_atomic
@@ -57,7 +58,8 @@ class RunReport(BaseModel):
     stages: dict[str, StageReport] = Field(default_factory=lambda: {s: StageReport() for s in STAGES})
     documents: list[DocumentReport] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)  # trainable parameters
+    evaluation: EvaluationFigures | None = None  # knowledge, memorisation, control; knowledge_gain
     synthesis: dict[str, Any] = Field(default_factory=dict)
     contamination: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from docqa.outputs import QA_SPLITS as SPLITS
 from docqa.outputs import qa_file
 from docqa.secrets import redact
 from docqa.workspace import read_json
@@ -22,17 +23,20 @@ SAMPLE_SEED = 0
 def review_sample(qa_path: Path, n: int, seed: int = SAMPLE_SEED) -> list[dict]:
     """``n`` pairs drawn evenly from both splits (fixed seed), each with its lineage."""
     rows = []
-    for split in ("train", "eval"):
+    for split in SPLITS:
         rows += pd.read_parquet(qa_file(qa_path, split)).to_dict("records")
     return random.Random(seed).sample(rows, min(n, len(rows)))
 
 
 def review_markdown(qa_path: Path, n: int) -> str:
     summary = read_json(Path(qa_path) / "summary.json")
+    contamination = summary["contamination"]
+    contaminated = contamination["eval_pairs_removed"] + contamination["knowledge_pairs_removed"]
     lines = [
         "## Synthesized dataset awaiting review",
         "",
-        f"**{summary['qa_train']}** training and **{summary['qa_eval']}** held-out pairs from "
+        f"**{summary['qa_train']}** training, **{summary['qa_knowledge']}** knowledge-question and "
+        f"**{summary['qa_eval']}** held-out-document pairs from "
         f"**{summary['chunks']}** chunks ({summary['identity'].get('backend')}, "
         f"model {summary['identity'].get('model')}). Approve to start training; reject to stop here.",
         "",
@@ -43,7 +47,7 @@ def review_markdown(qa_path: Path, n: int) -> str:
         "| rejected because | pairs |",
         "|---|---|",
         *(f"| {reason} | {count} |" for reason, count in summary["rejected_by_reason"].items()),
-        f"| removed as contaminated held-out pairs | {summary['contamination']['eval_pairs_removed']} |",
+        f"| removed as contaminated held-out pairs | {contaminated} |",
         "",
         "| document | split | chunks | chunks with pairs | pairs |",
         "|---|---|---|---|---|",

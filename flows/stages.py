@@ -20,7 +20,6 @@ from prefect.runtime import flow_run
 
 from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
 from docqa.settings import EvaluateSettings, ModelSettings, PretrainSettings, SFTSettings, SynthesizeSettings
-from docqa.stages.ingest import IngestOutput
 from docqa.workspace import StageOutput, Workspace
 from tasks.caching import run_cached
 from tasks.stages import evaluate_task, pretrain_task, sft_task
@@ -78,10 +77,11 @@ def sft_stage(
 
 
 @flow(
-    name="docqa-evaluate", description="Held-out evaluation, base vs adapted (a GPU stage of docqa-pipeline)"
+    name="docqa-evaluate",
+    description="Knowledge, memorisation and control questions for the base, pretrained and final models "
+    "(a GPU stage of docqa-pipeline)",
 )
 def evaluate_stage(
-    ingest: IngestOutput,
     chunks: ChunkOutput,
     qa: SynthesizeOutput,
     pretrained: TrainOutput,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from docqa.figures import EvaluationFigures, stage_figures
 from docqa.outputs import read_log_history
 from docqa.settings import FLOW_SECTIONS, STAGES, load_recipe
 from docqa.tracking import Tracker
@@ -27,24 +28,17 @@ TRAINING_STAGES = ("pretrain", "sft")
 
 
 def comparison_row(name: str, overrides: list[str], report: dict[str, Any]) -> dict[str, Any]:
-    """One variant's held-out figures, flat, for the table."""
-    metrics = report["metrics"]
+    """One variant's figures, flat, for the table: every variant answers the same questions."""
+    figures = EvaluationFigures.model_validate(report["evaluation"])
     stages = report["stages"]
-    forgetting = metrics["forgetting"]
     return {
         "variant": name,
         "flow_run": report["flow_run_name"],
         "overrides": " ".join(overrides) or "(recipe as is)",
         "pretrain_eval_loss": stages["pretrain"]["figures"].get("eval_loss"),
         "sft_eval_loss": stages["sft"]["figures"].get("eval_loss"),
-        "ppl_base": round(metrics["perplexity"]["base"], 3),
-        "ppl_sft": round(metrics["perplexity"]["sft"], 3),
-        "rougeL_base": round(metrics["rouge"]["base"]["rougeL"], 4),
-        "rougeL_sft": round(metrics["rouge"]["sft"]["rougeL"], 4),
-        "recall_sft": round(metrics["recall"]["sft"]["recalled"], 4),
-        "forgetting_ratio": round(forgetting["ratio"], 4),
-        "forgetting_passed": forgetting["passed"],
-        "trainable": metrics.get("trainable_parameters"),
+        **stage_figures(figures),
+        "trainable": report["metrics"].get("trainable_parameters"),
         "cached_stages": ",".join(s for s in STAGES if stages[s]["cached"]) or "-",
         "mlflow_run_id": report["mlflow_run_id"],
     }

@@ -9,9 +9,13 @@ stage, so a code change re-runs it.
 from __future__ import annotations
 
 import importlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.states import State
 from pydantic import BaseModel
@@ -62,6 +66,34 @@ def content_policy(*implementation: str) -> CachePolicy:
         )
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key) + TASK_SOURCE
+
+
+class _RunLogHandler(logging.Handler):
+    """Hands ``docqa`` records to the task run's logger (terminal, Prefect UI, a worker's log)."""
+
+    def __init__(self, logger) -> None:
+        super().__init__(logging.INFO)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logger.log(record.levelno, record.getMessage())
+
+
+@contextmanager
+def forward_logs() -> Iterator[None]:
+    """Inside the block, what the stage code logs to ``docqa`` (progress, notes) reaches this run's log."""
+    source = logging.getLogger("docqa")
+    handler = _RunLogHandler(get_run_logger())
+    level, propagate = source.level, source.propagate
+    source.addHandler(handler)
+    source.setLevel(logging.INFO)
+    source.propagate = False  # the run logger prints it; the root logger would print it twice
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
+        source.propagate = propagate
 
 
 def run_cached(task, kwargs: dict[str, Any], logger) -> tuple[State, Any]:

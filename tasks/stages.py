@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from docqa.hashing import FileFingerprint
@@ -19,8 +19,6 @@ from docqa.outputs import (
     EvalOutput,
     SynthesizeOutput,
     TrainOutput,
-    bootstrap_dir,
-    describe_base,
 )
 from docqa.settings import (
     ChunkSettings,
@@ -35,7 +33,7 @@ from docqa.settings import (
 )
 from docqa.stages.ingest import IngestOutput
 from docqa.workspace import cache_root
-from tasks.caching import content_policy, inputs_digest
+from tasks.caching import content_policy, forward_logs, inputs_digest
 
 TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs", "docqa.launch")
 CHECKPOINT_ONLY_SETTINGS = {"save_steps", "save_total_limit"}  # where to save, not what is trained
@@ -53,16 +51,11 @@ def checkpoint_dir(stage_root: Path, settings: PretrainSettings | SFTSettings, *
 
 @task(name="base-model", cache_policy=NO_CACHE)
 def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
-    """Resolve the base model: the configured folder or hub id, or the bootstrap base (built if missing)."""
-    if settings.base:
-        return describe_base(settings.base, settings.revision), False
-    folder = bootstrap_dir(settings.bootstrap)
-    if (folder / "config.json").is_file():
-        return describe_base(str(folder), source="bootstrap"), False
-    from docqa.bootstrap import ensure_bootstrap_base
+    """Resolve the base model: a folder, hub id or GGUF file, or the embedded model (prepared once)."""
+    from docqa.bases import resolve_base
 
-    folder, built = ensure_bootstrap_base(settings.bootstrap)
-    return describe_base(str(folder), source="bootstrap"), built
+    logger = get_run_logger()
+    return resolve_base(settings, progress=lambda message: logger.info("base model: %s", message))
 
 
 @task(name="fetch-documents", cache_policy=NO_CACHE)
@@ -83,7 +76,8 @@ def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSe
 
     root = Path(workspace) / "ingest"
     paths, digests = [Path(f.path) for f in files], [f.sha256 for f in files]
-    return ingest_documents(paths, root, root / "store", settings, digests)
+    with forward_logs():
+        return ingest_documents(paths, root, root / "store", settings, digests)
 
 
 @task(name="chunk", cache_policy=content_policy("docqa.stages.chunk", "docqa.split"), persist_result=True)
@@ -101,9 +95,10 @@ def chunk_task(
 
     root = Path(workspace) / "chunk"
     tokenizer = load_tokenizer(tokenizer_path)
-    return chunk_documents(
-        Path(ingest.path), tokenizer, tokenizer_digest, root, root / "store", settings, split
-    )
+    with forward_logs():
+        return chunk_documents(
+            Path(ingest.path), tokenizer, tokenizer_digest, root, root / "store", settings, split
+        )
 
 
 @task(
@@ -117,7 +112,8 @@ def synthesize_task(chunks: ChunkOutput, workspace: str, settings: SynthesizeSet
     from docqa.stages.synthesize import synthesize_qa
 
     root = Path(workspace) / "synthesize"
-    return synthesize_qa(chunks_file(Path(chunks.path)), root, root / "store", settings)
+    with forward_logs():
+        return synthesize_qa(chunks_file(Path(chunks.path)), root, root / "store", settings)
 
 
 @task(
@@ -148,7 +144,8 @@ def pretrain_task(
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    return pretrain(Path(chunks.path), base, model, settings, root, on_log, checkpoints)
+    with forward_logs():
+        return pretrain(Path(chunks.path), base, model, settings, root, on_log, checkpoints)
 
 
 @task(
@@ -183,18 +180,21 @@ def sft_task(
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
-    return sft(Path(qa.path), Path(pretrained.adapter_path), base, model, settings, root, on_log, checkpoints)
+    with forward_logs():
+        return sft(
+            Path(qa.path), Path(pretrained.adapter_path), base, model, settings, root, on_log, checkpoints
+        )
 
 
 @task(
     name="evaluate",
     cache_policy=content_policy(
-        "docqa.stages.evaluate", "docqa.prompting", "docqa.modeling", "docqa.outputs", "docqa.metrics"
+        "docqa.stages.evaluate", "docqa.prompting", "docqa.modeling", "docqa.outputs", "docqa.metrics",
+        "docqa.figures", "docqa.answer_metrics",
     ),
     persist_result=True,
-)
+)  # fmt: skip
 def evaluate_task(
-    ingest: IngestOutput,
     chunks: ChunkOutput,
     qa: SynthesizeOutput,
     pretrained: TrainOutput,
@@ -205,47 +205,46 @@ def evaluate_task(
     workspace: str,
     judge: SynthesizeSettings | None = None,
 ) -> EvalOutput:
-    """Perplexity and ROUGE on held-out documents, base vs adapted."""
+    """Knowledge, memorisation and control questions for the base, pretrained and final models."""
     from docqa.stages.evaluate import evaluate_models
 
-    return evaluate_models(
-        Path(ingest.path),
-        Path(chunks.path),
-        Path(qa.path),
-        Path(pretrained.adapter_path),
-        Path(tuned.adapter_path),
-        base,
-        model,
-        settings,
-        Path(workspace) / "evaluate",
-        judge,
-    )
+    with forward_logs():
+        return evaluate_models(
+            Path(chunks.path),
+            Path(qa.path),
+            Path(pretrained.adapter_path),
+            Path(tuned.adapter_path),
+            base,
+            model,
+            settings,
+            Path(workspace) / "evaluate",
+            judge,
+        )
 
 
 @task(name="rescore-champion", cache_policy=NO_CACHE)
 def rescore_champion_task(
-    ingest: IngestOutput,
     chunks: ChunkOutput,
     qa: SynthesizeOutput,
     champion: str,
     settings: EvaluateSettings,
     workspace: str,
 ) -> EvalOutput:
-    """The champion's model (a package folder) scored on *this* run's held-out data, so the gate
-    compares figures measured on the same questions."""
+    """The champion's model (a package folder) scored on *this* run's questions, so the gate compares
+    figures measured on the same questions."""
     from docqa.package import package_base, read_manifest
     from docqa.stages.evaluate import evaluate_models
 
     folder = Path(champion)
     manifest = read_manifest(folder)
-    return evaluate_models(
-        Path(ingest.path),
-        Path(chunks.path),
-        Path(qa.path),
-        folder / "adapters" / "pretrain",
-        folder / "adapters" / "sft",
-        package_base(folder, manifest),
-        manifest.model,
-        settings.model_copy(update={"llm_judge": False}),
-        Path(workspace) / "evaluate-champion",
-    )
+    with forward_logs():
+        return evaluate_models(
+            Path(chunks.path),
+            Path(qa.path),
+            folder / "adapters" / "pretrain",
+            folder / "adapters" / "sft",
+            package_base(folder, manifest),
+            manifest.model,
+            settings.model_copy(update={"llm_judge": False}),
+            Path(workspace) / "evaluate-champion",
+        )

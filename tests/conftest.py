@@ -36,7 +36,7 @@ def tiny_recipe(**sections) -> Recipe:
     """A recipe small enough to train and evaluate in seconds on 2 cores."""
     tree = {
         "name": "tiny-test",
-        "model": {"bootstrap": TINY_BOOTSTRAP.model_dump()},
+        "model": {"embedded": "tiny-bootstrap", "bootstrap": TINY_BOOTSTRAP.model_dump()},
         "chunk": {"chunk_tokens": 96, "overlap_tokens": 12, "min_chunk_tokens": 12},
         "split": {"eval_fraction": 0.3},
         "pretrain": {"block_size": 64, "max_steps": 6, "batch_size": 4, "logging_steps": 2, "eval_steps": 3,

@@ -24,8 +24,32 @@ def test_recall_summary_applies_the_threshold_and_counts_unscored_references() -
     summary = recall_summary(answers, references, threshold=0.5)
     assert (summary.recalled, summary.scored, summary.unscored) == (0.5, 2, 1)
     assert summary.mean_recall == pytest.approx((1 + 0) / 2)  # "assert" and "AssertionError" share a stem
-    with pytest.raises(ValueError, match="content word"):
-        recall_summary(["x"], ["it is"], threshold=0.5)
+    nothing = recall_summary(["x"], ["it is"], threshold=0.5)  # no reference with a content word
+    assert (nothing.recalled, nothing.mean_recall, nothing.scored, nothing.unscored) == (None, None, 0, 1)
+
+
+def test_strict_recall_counts_only_what_the_question_does_not_already_say() -> None:
+    question = "What does the global statement declare?"
+    reference = "The global statement declares that the listed identifiers are interpreted as globals."
+    echo = "The global statement declares things."
+    assert fact_recall(echo, reference) == pytest.approx(3 / 6)  # the earlier recall credits the echo
+    assert fact_recall(echo, reference, question) == 0.0  # strict recall: it added nothing
+    knows = "It declares that the listed identifiers are interpreted as globals."
+    assert fact_recall(knows, reference, question) == 1.0
+    assert fact_recall("anything", "The global statement.", "What is the global statement?") is None
+
+
+def test_a_model_that_restates_every_question_scores_zero_strict_recall() -> None:
+    questions = ["What is a lambda expression?", "What does the pass statement do?", "What is a decorator?"]
+    references = [
+        "A lambda expression creates an anonymous function from a single expression.",
+        "The pass statement is a null operation: nothing happens when it executes.",
+        "A decorator is a callable that takes a function and returns a replacement function.",
+    ]
+    echoes = [q.replace("What is", "That is").replace("?", ".") for q in questions]
+    strict = recall_summary(echoes, references, 0.5, questions)
+    assert strict.recalled == 0.0 and strict.mean_recall == 0.0 and strict.scored == 3
+    assert recall_summary(references, references, 0.5, questions).recalled == 1.0
 
 
 def test_answer_errors_counts_each_kind_with_examples() -> None:

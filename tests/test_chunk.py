@@ -13,7 +13,8 @@ from pdf_factory import write_report_pdf
 from docqa.modeling import load_tokenizer
 from docqa.outputs import read_document_chunks
 from docqa.settings import ChunkSettings, IngestSettings, SplitSettings
-from docqa.stages.chunk import EmptySplitError, chunk_documents, document_split, read_chunks
+from docqa.split import document_sides
+from docqa.stages.chunk import EmptySplitError, chunk_documents, read_chunks
 from docqa.stages.ingest import ingest_documents, list_documents, read_documents
 
 CHUNK = ChunkSettings(chunk_tokens=96, overlap_tokens=12, min_chunk_tokens=12)
@@ -51,7 +52,7 @@ def test_chunks_are_token_sized_with_stable_ids_and_lineage(tmp_path, tiny_base)
         measured = len(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
         assert row["n_tokens"] == measured
         assert CHUNK.min_chunk_tokens <= measured <= CHUNK.chunk_tokens
-        assert row["split"] in ("train", "eval") and row["doc_title"] and row["page_start"] == 1
+        assert row["split"] in ("train", "knowledge", "eval") and row["doc_title"] and row["page_start"] == 1
     assert len({r["chunk_id"] for r in rows}) == len(rows)
     # the same input gives the same ids and digest in another workspace
     _, again, _ = run_chunk(tmp_path / "docs", tmp_path / "ws2", tiny_base)
@@ -104,13 +105,31 @@ def test_split_is_by_document_and_stable_when_documents_are_added(tmp_path, tiny
     _, first, _ = run_chunk(docs, tmp_path / "ws", tiny_base)
     before = {doc_id: info["split"] for doc_id, info in read_document_chunks(Path(first.path)).items()}
     assert set(before.values()) == {"train", "eval"}
-    for row in read_chunks(Path(first.path)).to_list():  # one document, one side
-        assert row["split"] == before[row["doc_id"]]
+    chunk_before = {r["chunk_id"]: r["split"] for r in read_chunks(Path(first.path)).to_list()}
+    for row in read_chunks(Path(first.path)).to_list():  # a held-out document is held out whole
+        assert (row["split"] == "eval") == (before[row["doc_id"]] == "eval")
+    assert {"train", "knowledge", "eval"} == set(chunk_before.values())
     write_topics(docs, ("assert", "global", "import"))
     _, second, _ = run_chunk(docs, tmp_path / "ws", tiny_base)
     after = {doc_id: info["split"] for doc_id, info in read_document_chunks(Path(second.path)).items()}
     assert {doc_id: after[doc_id] for doc_id in before} == before
+    chunk_after = {r["chunk_id"]: r["split"] for r in read_chunks(Path(second.path)).to_list()}
+    assert {c: chunk_after[c] for c in chunk_before} == chunk_before  # no chunk moved either
     assert second.chunked == 3 and second.reused == len(TOPICS)  # only the new documents were chunked
+
+
+def test_knowledge_chunks_are_a_share_of_the_training_documents_chunks(tmp_path, tiny_base):
+    write_topics(tmp_path / "docs")
+    _, out, _ = run_chunk(
+        tmp_path / "docs", tmp_path / "ws", tiny_base, SplitSettings(knowledge_fraction=0.3)
+    )
+    rows = read_chunks(Path(out.path)).to_list()
+    training = [r for r in rows if r["split"] != "eval"]
+    knowledge = [r for r in training if r["split"] == "knowledge"]
+    assert out.knowledge_chunks == len(knowledge) and out.train_chunks == len(training) - len(knowledge)
+    assert 0.1 * len(training) <= len(knowledge) <= 0.5 * len(training)
+    pretrained = read_chunks(Path(out.path), ("train", "knowledge")).to_list()
+    assert {r["chunk_id"] for r in pretrained} == {r["chunk_id"] for r in training}
 
 
 def test_moving_the_documents_leaves_the_chunks_unchanged(tmp_path, tiny_base):
@@ -127,10 +146,19 @@ def test_eval_documents_globs_force_the_held_out_side(tmp_path, tiny_base):
     write_topics(docs)
     records = read_documents(Path(run_chunk(docs, tmp_path / "ws", tiny_base)[0].path))
     forced = SplitSettings(eval_fraction=0.01, eval_documents=["while.*"])
-    assert document_split(next(r for r in records if r.name == "while.txt"), forced) == "eval"
+    sides = document_sides([(r.name, r.sha256) for r in records], forced)
+    assert {r.name for r in records if sides[r.sha256] == "eval"} == {"while.txt"}
 
 
-def test_a_split_with_no_held_out_document_is_refused(tmp_path, tiny_base):
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_small_corpora_chunk_with_knowledge_chunks_and_a_control_where_possible(tmp_path, tiny_base, count):
+    write_topics(tmp_path / "docs", TOPICS[:count])
+    _, out, _ = run_chunk(tmp_path / "docs", tmp_path / "ws", tiny_base, SplitSettings(eval_fraction=1e-9))
+    assert out.train_chunks > 0 and out.knowledge_chunks > 0
+    assert out.eval_documents == (0 if count == 1 else 1)  # one document: nothing to hold out
+
+
+def test_a_split_that_holds_out_every_document_by_name_is_refused(tmp_path, tiny_base):
     write_topics(tmp_path / "docs", ("for", "while"))
     with pytest.raises(EmptySplitError, match=r"split\.eval_documents"):
-        run_chunk(tmp_path / "docs", tmp_path / "ws", tiny_base, SplitSettings(eval_fraction=1e-9))
+        run_chunk(tmp_path / "docs", tmp_path / "ws", tiny_base, SplitSettings(eval_documents=["*"]))

@@ -51,17 +51,20 @@ def test_a_run_prints_the_table_the_metrics_and_the_ui_commands(prefect_harness,
     text = output_of(result)
     for stage in ("ingest", "chunk", "synthesize", "pretrain", "sft", "evaluate"):
         assert stage in text
-    assert "held-out perplexity: base" in text and "held-out ROUGE (sft)" in text
+    assert "does it know the documents?" in text and "knowledge_gain" in text and "rag_recovery" in text
+    for question_set in ("knowledge", "memorisation", "control"):
+        assert question_set in text
+    assert "perplexity, trained documents: base" in text and "forgetting (general-text perplexity)" in text
     assert "prefect server start" in text and "mlflow ui --backend-store-uri sqlite:///" in text
     assert (tmp_path / "ws" / "reports" / "latest.json").is_file()
 
 
 @pytest.mark.slow
 def test_a_failing_stage_exits_1_naming_the_stage_and_why(prefect_harness, isolated_env, tmp_path):
-    args = [*tiny_run_args(tmp_path), "--set", "split.eval_documents=[]", "--set", "split.eval_fraction=1e-9"]
+    args = [*tiny_run_args(tmp_path), "--set", "split.eval_documents=['*']"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert "stage chunk failed" in output_of(result) and "no eval document" in output_of(result)
+    assert "stage chunk failed" in output_of(result) and "no training chunk" in output_of(result)
     assert (tmp_path / "ws" / "reports" / "latest.json").is_file()
 
 

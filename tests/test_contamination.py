@@ -124,9 +124,9 @@ def test_examples_are_capped_and_report_is_json_ready():
     assert len(result.examples) == 2
     report = contamination_report(result)
     assert json.loads(json.dumps(report)) == report
-    assert report["eval_pairs_checked"] == 5
-    assert report["eval_pairs_removed"] == 5
-    assert report["eval_pairs_kept"] == 0
+    assert report["pairs_checked"] == 5
+    assert report["pairs_removed"] == 5
+    assert report["pairs_kept"] == 0
     assert report["removed_by_source"] == {"chunk": 5, "qa_train": 0}
     assert report["ngram"] == 8
     assert len(contamination_report(result, max_examples=1)["examples"]) == 1

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_cpu_with_test_base(*overrides: str):
     """The tiny-cpu recipe on the test session's bootstrap base (built by the tiny_base fixture)."""
     bootstrap = [f"model.bootstrap.{key}={value}" for key, value in TINY_BOOTSTRAP.model_dump().items()]
-    return load_recipe("tiny-cpu", [*bootstrap, *overrides])
+    return load_recipe("tiny-cpu", ["model.embedded=tiny-bootstrap", *bootstrap, *overrides])
 
 
 def row(result: Estimate, stage: str):
@@ -106,32 +106,36 @@ def test_chunk_estimate_is_near_what_the_chunker_makes(tmp_path, tiny_base):
     assert 0.6 * real <= result.work.chunks <= 1.4 * real, (result.work.chunks, real)
 
 
-def test_split_follows_the_chunk_stage_rule():
-    from docqa.settings import SplitSettings
-    from docqa.split import document_side
-    from docqa.stages.chunk import document_split
-    from docqa.stages.ingest import DocumentRecord
+def test_split_follows_the_chunk_stage_rule(tmp_path, tiny_base):
+    from docqa.modeling import load_tokenizer
+    from docqa.outputs import read_document_chunks
+    from docqa.stages.chunk import chunk_documents
+    from docqa.stages.ingest import ingest_documents, list_documents, read_documents
 
-    for settings in (
-        SplitSettings(eval_fraction=0.3, seed=0),
-        SplitSettings(eval_fraction=0.5, seed=7),
-        SplitSettings(eval_fraction=0.1, eval_documents=["held-*"]),
-    ):
-        for i in range(40):
-            name, sha = f"{'held-' if i % 9 == 0 else ''}doc{i}.pdf", f"{i:064x}"
-            record = DocumentRecord(
-                doc_id=sha[:16],
-                path=name,
-                name=name,
-                sha256=sha,
-                title=name,
-                status="ok",
-                reason=None,
-                n_pages=1,
-                pages=[],
-                low_text_pages=0,
-            )
-            assert document_side(name, sha, settings) == document_split(record, settings)
+    docs = write_topic_documents(tmp_path / "docs")
+    write_report_pdf(docs / "report.pdf", pages=2)
+    for seed in (0, 7):
+        recipe = tiny_cpu_with_test_base(f"split.seed={seed}", "split.eval_fraction=0.3")
+        surveyed = {d.name: d.split for d in estimate(docs, recipe).documents}
+        ingested = ingest_documents(
+            list_documents(docs, recipe.ingest),
+            tmp_path / f"i{seed}",
+            tmp_path / f"i{seed}" / "s",
+            recipe.ingest,
+        )
+        tokenizer, out = load_tokenizer(tiny_base.path), tmp_path / f"c{seed}"
+        chunks = chunk_documents(
+            Path(ingested.path),
+            tokenizer,
+            tiny_base.tokenizer_digest,
+            out,
+            out / "s",
+            recipe.chunk,
+            recipe.split,
+        )
+        sides = read_document_chunks(Path(chunks.path))
+        chunked = {d.name: sides[d.doc_id]["split"] for d in read_documents(Path(ingested.path))}
+        assert surveyed == chunked
 
 
 def test_without_a_tokenizer_the_count_is_labelled_an_approximation(report_pdfs):

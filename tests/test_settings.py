@@ -67,7 +67,8 @@ def test_every_problem_is_reported_at_once():
 
 def test_lengths_beyond_the_bootstrap_context_are_refused():
     with pytest.raises(SettingsError, match="exceeds the bootstrap base's context"):
-        load_recipe(None, ["pretrain.block_size=4096"])
+        load_recipe(None, ["model.embedded=tiny-bootstrap", "pretrain.block_size=4096"])
+    assert load_recipe(None, ["pretrain.block_size=4096"]).pretrain.block_size == 4096  # SmolLM2: 8192
 
 
 def test_malformed_override_is_refused():

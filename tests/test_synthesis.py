@@ -19,6 +19,7 @@ from docqa.settings import SynthesizeSettings
 from docqa.stages.synthesize import (
     QA_COLUMNS,
     SynthesisError,
+    decontaminate_rows,
     read_qa,
     store_key,
     synthesize_qa,
@@ -435,18 +436,67 @@ def test_synthesize_refuses_when_no_chunk_got_a_reply(
     assert not list(store.rglob("*.json"))
 
 
-def test_synthesize_refuses_an_empty_split(tmp_path: Path, small_chunks: list[dict], checkers) -> None:
-    train_only = [{**c, "split": "train"} for c in small_chunks]
+def test_synthesize_refuses_to_hand_sft_no_pair_and_keeps_held_out_sides_apart(
+    tmp_path: Path, small_chunks: list[dict], checkers
+) -> None:
+    held_out = [{**c, "split": "knowledge" if i % 2 else "eval"} for i, c in enumerate(small_chunks)]
     out_root, store = stage_paths(tmp_path)
-    with pytest.raises(SynthesisError, match="0 held-out") as error:
+    with pytest.raises(SynthesisError, match="no training Q&A pair") as error:
         synthesize_qa(
-            write_chunks(tmp_path / "c.parquet", train_only),
+            write_chunks(tmp_path / "c.parquet", held_out),
             out_root,
             store,
             SynthesizeSettings(),
             checkers=checkers,
         )
-    assert "eval_fraction" in str(error.value) and "pairs_per_chunk" in str(error.value)
+    assert "knowledge_fraction" in str(error.value) and "pairs_per_chunk" in str(error.value)
+
+
+def test_knowledge_pairs_are_decontaminated_against_sft_pairs_not_against_their_own_chunk() -> None:
+    """Knowledge questions ask what pretrained chunks say, so quoting their chunk is the point; sharing an
+    SFT pair's wording is contamination. Control questions may share neither."""
+    sentence = "the with statement wraps the execution of a block with methods of a context manager"
+    chunks = [
+        {"chunk_id": "t", "split": "train", "text": "Statements. " + sentence + "."},
+        {
+            "chunk_id": "k",
+            "split": "knowledge",
+            "text": "A lambda expression yields an anonymous function object.",
+        },
+        {"chunk_id": "e", "split": "eval", "text": "A held-out page about loops and their else clauses."},
+    ]
+    rows = [
+        {"split": "train", "question": "What does the with statement do?", "answer": sentence},
+        {"split": "knowledge", "question": "What is the with statement for?", "answer": sentence},
+        {"split": "knowledge", "question": "What does a lambda expression yield?",
+         "answer": "A lambda expression yields an anonymous function object."},
+        {"split": "eval", "question": "What does the block do?", "answer": "It " + sentence},
+        {"split": "eval", "question": "When does an else clause of a loop run?",
+         "answer": "It runs when the loop ends without a break statement being executed."},
+    ]  # fmt: skip
+    results = decontaminate_rows(rows, chunks, ngram=8)
+    assert results["knowledge"].checked == 2 and results["knowledge"].removed_indices == [1]
+    assert results["eval"].checked == 2 and results["eval"].removed_indices == [3]
+    generated = [("rewrite:0", "Notes: a lambda expression yields an anonymous function object, always.")]
+    with_rewrites = decontaminate_rows(rows, chunks, ngram=8, generated=generated)
+    assert with_rewrites["knowledge"].removed_indices == [1, 2]  # generated training text counts
+
+
+def test_knowledge_and_control_pairs_are_published_apart_from_sft_pairs(
+    tmp_path: Path, small_chunks: list[dict], checkers
+) -> None:
+    chunks = [{**c, "split": ("train", "knowledge", "eval")[i % 3]} for i, c in enumerate(small_chunks)]
+    out_root, store = stage_paths(tmp_path)
+    out = synthesize_qa(
+        write_chunks(tmp_path / "c.parquet", chunks), out_root, store, SynthesizeSettings(), checkers=checkers
+    )
+    split_of = {c["chunk_id"]: c["split"] for c in chunks}
+    for split, count in (("train", out.qa_train), ("knowledge", out.qa_knowledge), ("eval", out.qa_eval)):
+        rows = read_qa(Path(out.path), split)
+        assert len(rows) == count > 0 and {split_of[c] for c in rows["chunk_id"]} == {split}
+    report = json.loads((Path(out.path) / "contamination.json").read_text())
+    assert report["knowledge"]["pairs_checked"] == out.knowledge_pairs_checked >= out.qa_knowledge
+    assert report["eval"]["pairs_checked"] == out.eval_pairs_checked >= out.qa_eval
 
 
 def test_the_llm_judge_scores_pairs_and_its_verdicts_are_stored(

@@ -241,7 +241,7 @@ def test_select_checkpoint_by_eval_loss_publishes_that_steps_adapter(prepared, t
 
     tokenizer = load_tokenizer(tiny_base.path)
     eval_blocks = pack_blocks(
-        list(read_chunks(Path(prepared["chunks"].path), "eval")["text"]), tokenizer, settings.block_size
+        list(read_chunks(Path(prepared["chunks"].path), ("eval",))["text"]), tokenizer, settings.block_size
     )
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
     published = load_adapted_model(tiny_base, recipe.model, {"pretrain": Path(out.adapter_path)})

@@ -22,7 +22,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
 from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, chunks_file
 from docqa.settings import ChunkSettings, SplitSettings
-from docqa.split import document_side
+from docqa.split import chunk_sides, document_sides
 from docqa.stages.ingest import DocumentRecord, read_documents
 from docqa.workspace import (
     new_tmp_dir,
@@ -37,12 +37,7 @@ CHUNK_ID_CHARS = 16
 
 
 class EmptySplitError(ValueError):
-    """The split left no training or no held-out document."""
-
-
-def document_split(doc: DocumentRecord, settings: SplitSettings) -> str:
-    """``eval`` or ``train`` (:func:`docqa.split.document_side`): adding documents never moves one."""
-    return document_side(doc.name, doc.sha256, settings)
+    """The split left no training chunk."""
 
 
 def chunk_id(text: str) -> str:
@@ -113,21 +108,28 @@ def chunk_documents(
     settings: ChunkSettings,
     split: SplitSettings,
 ) -> ChunkOutput:
-    """Chunk every ingested document (new ones only; the rest come from the store), dedup, split."""
+    """Chunk every ingested document (new ones only; the rest come from the store), dedup, split.
+
+    Each chunk's ``split``: ``eval`` (a held-out document: the control), ``knowledge`` (a training
+    document's chunk whose Q&A is held out of SFT) or ``train`` (see :mod:`docqa.split`)."""
     documents = [d for d in read_documents(ingest_path) if d.status == "ok"]
+    distinct = [d for d in documents if d.duplicate_of is None]
+    sides = document_sides([(d.name, d.sha256) for d in distinct], split)
     key = _store_key(settings, tokenizer_digest)
     rows: list[dict] = []
     seen: set[str] = set()
-    counts = {"duplicate_documents": 0, "duplicate_chunks": 0, "short_chunks_dropped": 0, "chunked": 0}
+    counts = {
+        "duplicate_documents": len(documents) - len(distinct),
+        "duplicate_chunks": 0,
+        "short_chunks_dropped": 0,
+        "chunked": 0,
+    }
     per_document: dict[str, dict] = {}
-    for doc in documents:
-        if doc.duplicate_of is not None:
-            counts["duplicate_documents"] += 1
-            continue
+    for doc in distinct:
         entry, computed = _chunks_of(doc, tokenizer, settings, store_dir / f"{doc.sha256}-{key}.json")
         counts["chunked"] += computed
         counts["short_chunks_dropped"] += entry["dropped"]
-        doc_split = document_split(doc, split)
+        doc_split = sides[doc.sha256]
         kept = 0
         for chunk in entry["chunks"]:
             if chunk["chunk_id"] in seen:
@@ -148,20 +150,23 @@ def chunk_documents(
                     "split": doc_split,
                 }
             )
-        per_document[doc.doc_id] = {"split": doc_split, "chunks": kept}
-    _check_split(per_document, split)
+        per_document[doc.doc_id] = {"split": doc_split, "chunks": kept, "knowledge_chunks": 0}
+    knowledge = chunk_sides([r["chunk_id"] for r in rows if r["split"] == "train"], split)
+    for row in rows:
+        if knowledge.get(row["chunk_id"]) == "knowledge":
+            row["split"] = "knowledge"
+            per_document[row["doc_id"]]["knowledge_chunks"] += 1
+    _check_split(rows, per_document, split)
     return _publish(rows, per_document, counts, out_root, chunked_documents=len(per_document))
 
 
-def _check_split(per_document: dict[str, dict], split: SplitSettings) -> None:
-    splits = {info["split"] for info in per_document.values() if info["chunks"]}
-    for needed in ("train", "eval"):
-        if needed not in splits:
-            raise EmptySplitError(
-                f"no {needed} document: the split by document (eval_fraction={split.eval_fraction}, "
-                f"seed={split.seed}) put all {len(per_document)} document(s) on one side. Add documents, "
-                "change split.eval_fraction or split.seed, or name held-out files in split.eval_documents."
-            )
+def _check_split(rows: list[dict], per_document: dict[str, dict], split: SplitSettings) -> None:
+    if not any(row["split"] == "train" for row in rows):
+        raise EmptySplitError(
+            f"no training chunk: of {len(per_document)} document(s) with text, none is left for training "
+            f"(split.eval_documents={split.eval_documents}, eval_fraction={split.eval_fraction}). Name fewer "
+            "held-out files in split.eval_documents, or add documents with text."
+        )
 
 
 def _publish(
@@ -178,6 +183,7 @@ def _publish(
         "documents": chunked_documents,
         "chunks": len(rows),
         "train_chunks": sum(r["split"] == "train" for r in rows),
+        "knowledge_chunks": sum(r["split"] == "knowledge" for r in rows),
         "eval_chunks": sum(r["split"] == "eval" for r in rows),
         "train_documents": sum(d["split"] == "train" for d in per_document.values()),
         "eval_documents": sum(d["split"] == "eval" for d in per_document.values()),
@@ -197,8 +203,9 @@ def _publish(
     )
 
 
-def read_chunks(chunk_path: Path, split: str | None = None) -> Dataset:
+def read_chunks(chunk_path: Path, splits: tuple[str, ...] | None = None) -> Dataset:
+    """The chunks, or those of the given splits (``PRETRAIN_SIDES``: every chunk pretraining reads)."""
     frame = pd.read_parquet(chunks_file(chunk_path))
-    if split is not None:
-        frame = frame[frame["split"] == split]
+    if splits is not None:
+        frame = frame[frame["split"].isin(splits)]
     return Dataset.from_pandas(frame, preserve_index=False)

@@ -1,16 +1,30 @@
-"""Held-out evaluation, base and adapted side by side on the same data: perplexity on held-out documents'
-text; ROUGE, MiniLM similarity and per-fact recall of greedy answers to held-out questions, with an
-error analysis; and forgetting, the perplexity on general text that is not the domain, with a gate.
+"""Does the model now know the documents? Three question sets, three models, two open-book references.
 
-Nothing here reads a training row: the text comes from documents the split held out, the questions
-were synthesised from those documents only. ``docs/evaluation.md`` defines every figure.
+- **knowledge** (the headline): questions about chunks of *training* documents that pretraining read,
+  whose Q&A pairs were held out of SFT (the chunk split, ``split.knowledge_fraction``) and removed if
+  SFT's pairs or generated training text held their wording (synthesis' decontamination);
+- **memorisation**: a sample of SFT's own questions;
+- **control**: questions from held-out documents, never trained on (none in a corpus too small to hold
+  a document out; the report says so).
+
+Each set is answered, greedily and closed-book, by the base, by base + pretraining adapter and by the
+final model (both adapters), and scored by strict recall (the reference's content words that are not in
+the question), the earlier recall, ROUGE, MiniLM similarity and an error analysis. On the knowledge
+questions the base also answers open-book, given the question's source chunk (oracle) and the top-k
+training chunks MiniLM retrieves (RAG). Perplexity is measured on the training documents' text and on
+the held-out documents', and forgetting on general text that is not the domain. ``docs/evaluation.md``
+defines every figure.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import evaluate as hf_evaluate
@@ -19,41 +33,102 @@ import torch
 
 from docqa.answer_metrics import answer_errors, recall_summary
 from docqa.bootstrap import GENERAL_HELDOUT_FILE, general_text_split
+from docqa.figures import (
+    AnswerScores,
+    EvaluationFigures,
+    Forgetting,
+    OpenBook,
+    Perplexities,
+    QuestionSet,
+    RougeScores,
+    SetName,
+    State,
+    knowledge_gain,
+    rag_recovery,
+)
 from docqa.hashing import json_digest
 from docqa.modeling import load_adapted_model, load_tokenizer, token_stream
-from docqa.outputs import (
-    GENERATIONS_FILE,
-    BaseModelRef,
-    EvalOutput,
-    Generation,
-    chunks_file,
-    read_document_chunks,
-)
-from docqa.prompting import encode_prompts
+from docqa.outputs import GENERATIONS_FILE, BaseModelRef, EvalOutput, Generation, chunks_file
+from docqa.progress import Progress
+from docqa.prompting import encode_prompts, open_book_question
 from docqa.settings import EvaluateSettings, ModelSettings, SynthesizeSettings
-from docqa.stages.ingest import read_documents
+from docqa.split import PRETRAIN_SIDES
 from docqa.stages.synthesize import read_qa
-from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
+from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
 
 ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
+QA_SPLIT_OF_SET: dict[SetName, str] = {"knowledge": "knowledge", "memorisation": "train", "control": "eval"}
+ADAPTERS_OF_STATE: dict[State, list[str] | None] = {
+    "base": None,
+    "pretrained": ["pretrain"],
+    "final": ["pretrain", "sft"],
+}
 
 
-def heldout_text(ingest_path: Path, chunks_path: Path) -> list[str]:
-    """The cleaned full text of every held-out document."""
-    splits = {doc_id: info["split"] for doc_id, info in read_document_chunks(chunks_path).items()}
-    return [
-        "\n\n".join(page.text for page in doc.pages)
-        for doc in read_documents(ingest_path)
-        if splits.get(doc.doc_id) == "eval"
-    ]
+@dataclass
+class Questions:
+    """One set's questions as asked: reference answers and where each question came from."""
+
+    name: SetName
+    questions: list[str]
+    references: list[str]
+    chunk_ids: list[str]
+    doc_titles: list[str]
+
+
+def sample_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """``limit`` of ``n`` rows drawn with ``seed`` (all of them when ``limit`` is None), in row order."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def question_sets(
+    qa_path: Path, chunks: pd.DataFrame, settings: EvaluateSettings
+) -> tuple[dict[SetName, Questions], dict[SetName, str]]:
+    """The sets asked, each capped at ``max_questions``; and the sets left out, with the reason."""
+    sets: dict[SetName, Questions] = {}
+    omitted: dict[SetName, str] = {}
+    for name, split in QA_SPLIT_OF_SET.items():
+        rows = read_qa(qa_path, split)
+        if not len(rows):
+            omitted[name] = _why_empty(name, chunks)
+            continue
+        rows = rows.select(sample_indices(len(rows), settings.max_questions, settings.seed))
+        sets[name] = Questions(
+            name=name,
+            questions=list(rows["question"]),
+            references=list(rows["answer"]),
+            chunk_ids=list(rows["chunk_id"]),
+            doc_titles=list(rows["doc_title"]),
+        )
+    return sets, omitted
+
+
+def _why_empty(name: SetName, chunks: pd.DataFrame) -> str:
+    if name == "control" and not (chunks["split"] == "eval").any():
+        return (
+            "no held-out document (the corpus is smaller than split.min_documents_for_control): "
+            "the gain is uncontrolled"
+        )
+    source = {"knowledge": "the chunks held out of SFT", "control": "the held-out documents"}.get(name, "")
+    return f"no question from {source} survived synthesis and decontamination"
+
+
+def sampled_ids(tokenizer, texts: list[str], limit: int | None, seed: int) -> torch.Tensor:
+    """Token ids of ``texts`` drawn in a seeded order (so a cap samples every document) up to ``limit``."""
+    order = list(texts)
+    random.Random(seed).shuffle(order)
+    ids = token_stream(tokenizer, order)
+    return torch.tensor(ids[:limit] if limit else ids, dtype=torch.long)
 
 
 def general_text(
     settings: EvaluateSettings, base: BaseModelRef, model_settings: ModelSettings
 ) -> tuple[list[str], str]:
     """The forgetting reference and where it came from: the configured file, else the bootstrap base's
-    held-out general text, else the held-out part of the standard library's docstrings (offline, not
-    the user's domain, and never mixed into training: see ``general_text_split``)."""
+    held-out general text, else the held-out part of the standard library's docstrings (offline, and
+    never mixed into training: see ``general_text_split``)."""
     if settings.general_text:
         path = Path(settings.general_text)
         if not path.is_file():
@@ -62,21 +137,8 @@ def general_text(
     heldout = Path(base.path) / GENERAL_HELDOUT_FILE
     if heldout.is_file():
         return [heldout.read_text(encoding="utf-8")], str(heldout)
-    return general_text_split(model_settings.bootstrap)[
-        1
-    ], "python standard library docstrings (held-out part)"
-
-
-def source_chunks(chunks_path: Path, chunk_ids: list[str]) -> list[str]:
-    texts = pd.read_parquet(chunks_file(chunks_path), columns=["chunk_id", "text"]).set_index("chunk_id")[
-        "text"
-    ]
-    return [texts[chunk_id] for chunk_id in chunk_ids]
-
-
-def token_ids(tokenizer, texts: list[str], limit: int | None) -> torch.Tensor:
-    ids = token_stream(tokenizer, texts)
-    return torch.tensor(ids[:limit] if limit else ids, dtype=torch.long)
+    texts = general_text_split(model_settings.bootstrap)[1]
+    return texts, "python standard library docstrings (held-out part)"
 
 
 @torch.no_grad()
@@ -97,19 +159,26 @@ def sliding_window_perplexity(model, ids: torch.Tensor, window: int, stride: int
         if end == len(ids):
             break
     if not total_tokens:
-        raise ValueError("held-out text is too short to score: it needs at least two tokens")
+        raise ValueError("the text is too short to score: it needs at least two tokens")
     return math.exp(total_nll / total_tokens)
 
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, questions: list[str], settings: EvaluateSettings, model_settings
+    model,
+    tokenizer,
+    questions: list[str],
+    settings: EvaluateSettings,
+    model_settings: ModelSettings,
+    progress: Progress | None = None,
 ) -> list[str]:
-    """One greedy answer per question (no sampling, no best-of-N), batched with left padding."""
-    answers: list[str] = []
-    for start in range(0, len(questions), settings.batch_size):
-        batch = encode_prompts(tokenizer, questions[start : start + settings.batch_size], model_settings)
-        batch = batch.to(model.device)
+    """One greedy answer per question (no sampling, no best-of-N), batched with left padding. Batches
+    are formed from questions of similar length (less padding); answers come back in question order."""
+    order = sorted(range(len(questions)), key=lambda i: len(questions[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), settings.batch_size):
+        indices = order[start : start + settings.batch_size]
+        batch = encode_prompts(tokenizer, [questions[i] for i in indices], model_settings).to(model.device)
         output = model.generate(
             **batch,
             max_new_tokens=settings.max_new_tokens,
@@ -118,8 +187,11 @@ def generate_answers(
             eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return answers
+        decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        answers.update({i: text.strip() for i, text in zip(indices, decoded, strict=True)})
+        if progress is not None:
+            progress.advance(len(indices))
+    return [answers[i] for i in range(len(questions))]
 
 
 def rouge(predictions: list[str], references: list[str], use_stemmer: bool) -> dict[str, float]:
@@ -128,12 +200,38 @@ def rouge(predictions: list[str], references: list[str], use_stemmer: bool) -> d
     return {name: float(value) for name, value in scores.items()}
 
 
-def _use(model, adapters: list[str]) -> None:
-    model.base_model.set_adapter(adapters)
+@contextmanager
+def answering_as(model, state: State) -> Iterator[None]:
+    """``model`` answers as ``state`` inside the block: the base alone, or with the state's adapters."""
+    adapters = ADAPTERS_OF_STATE[state]
+    if adapters is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.base_model.set_adapter(adapters)
+        yield
+
+
+def open_book_prompts(
+    questions: Questions, chunk_texts: dict[str, str], pretrained_ids: list[str], top_k: int, embedder
+) -> dict[OpenBook, list[str]]:
+    """The knowledge questions with their source chunk (oracle) and with the ``top_k`` pretrained chunks
+    MiniLM retrieves for them (RAG), as prompts."""
+    passages = [chunk_texts[chunk_id] for chunk_id in pretrained_ids]
+    retrieved = embedder.top_k(questions.questions, passages, top_k)
+    return {
+        "oracle": [
+            open_book_question(q, [chunk_texts[c]])
+            for q, c in zip(questions.questions, questions.chunk_ids, strict=True)
+        ],
+        "rag": [
+            open_book_question(q, [passages[i] for i in hits])
+            for q, hits in zip(questions.questions, retrieved, strict=True)
+        ],
+    }
 
 
 def evaluate_models(
-    ingest_path: Path,
     chunks_path: Path,
     qa_path: Path,
     pretrain_adapter: Path,
@@ -144,134 +242,186 @@ def evaluate_models(
     out_root: Path,
     judge_settings: SynthesizeSettings | None = None,
 ) -> EvalOutput:
-    """``judge_settings``: the synthesis backend that scores answers when ``settings.llm_judge``."""
+    """Every figure of the protocol above for one pair of adapters; ``judge_settings``: the synthesis
+    backend that scores answers when ``settings.llm_judge``."""
     started = time.perf_counter()
     if settings.llm_judge and (judge_settings is None or judge_settings.backend == "extractive"):
         raise ValueError(
             "evaluate.llm_judge needs an LLM synthesis backend: set synthesize.backend=openai (with base_url "
             "and model) or synthesize.backend=transformers"
         )
+    from docqa.synthesis.quality import load_embedder  # sentence-transformers: seconds to import
+
+    chunks = pd.read_parquet(chunks_file(chunks_path), columns=["chunk_id", "text", "split"])
+    chunk_texts = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    pretrained_ids = list(chunks.loc[chunks["split"].isin(PRETRAIN_SIDES), "chunk_id"])
+    heldout_texts = list(chunks.loc[chunks["split"] == "eval", "text"])
+    sets, omitted = question_sets(qa_path, chunks, settings)
+    embedder = load_embedder()
+
     tokenizer = load_tokenizer(base.path, model_settings.revision)
-    texts = heldout_text(ingest_path, chunks_path)
-    ids = token_ids(tokenizer, texts, settings.max_ppl_tokens)
-    qa = read_qa(qa_path, "eval")
-    qa = qa.select(range(min(len(qa), settings.max_questions or len(qa))))
-    questions, references = list(qa["question"]), list(qa["answer"])
+    pretrained_texts = [chunk_texts[c] for c in pretrained_ids]
     general, general_source = general_text(settings, base, model_settings)
-    general_ids = token_ids(tokenizer, general, settings.max_general_tokens)
+    texts = {
+        "trained": sampled_ids(tokenizer, pretrained_texts, settings.max_ppl_tokens, settings.seed),
+        "heldout": sampled_ids(tokenizer, heldout_texts, settings.max_ppl_tokens, settings.seed),
+        "general": sampled_ids(tokenizer, general, settings.max_general_tokens, settings.seed),
+    }
+    books: dict[OpenBook, list[str]] = {}
+    if settings.open_book and "knowledge" in sets:
+        books = open_book_prompts(
+            sets["knowledge"], chunk_texts, pretrained_ids, settings.rag_top_k, embedder
+        )
     model = load_adapted_model(base, model_settings, {"pretrain": pretrain_adapter, "sft": sft_adapter})
 
-    def ppl(token_ids_: torch.Tensor) -> float:
-        return sliding_window_perplexity(model, token_ids_, settings.ppl_window, settings.ppl_stride)
+    total = len(ADAPTERS_OF_STATE) * sum(len(q.questions) for q in sets.values())
+    progress = Progress("evaluate · answers", total + sum(len(p) for p in books.values()), "answers")
+    closed: dict[SetName, dict[State, list[str]]] = {name: {} for name in sets}
+    open_answers: dict[OpenBook, list[str]] = {}
+    ppl: dict[str, dict[State, float]] = {name: {} for name in texts}
 
-    perplexity, general_ppl = {}, {}
-    with model.disable_adapter():
-        perplexity["base"], general_ppl["base"] = ppl(ids), ppl(general_ids)
-        base_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
-    _use(model, ["pretrain"])
-    perplexity["pretrained"] = ppl(ids)
-    _use(model, ["pretrain", "sft"])
-    perplexity["sft"], general_ppl["tuned"] = ppl(ids), ppl(general_ids)
-    tuned_answers = generate_answers(model, tokenizer, questions, settings, model_settings)
+    def answer(questions: list[str]) -> list[str]:
+        return generate_answers(model, tokenizer, questions, settings, model_settings, progress)
 
-    scores = {
-        "base": rouge(base_answers, references, settings.rouge_use_stemmer),
-        "sft": rouge(tuned_answers, references, settings.rouge_use_stemmer),
+    for state in ADAPTERS_OF_STATE:
+        with answering_as(model, state):
+            for name, ids in texts.items():
+                if len(ids) > 1:
+                    ppl[name][state] = sliding_window_perplexity(
+                        model, ids, settings.ppl_window, settings.ppl_stride
+                    )
+            for name, questions in sets.items():
+                closed[name][state] = answer(questions.questions)
+            if state == "base":
+                open_answers = {book: answer(prompts) for book, prompts in books.items()}
+    progress.close()
+
+    scored = {
+        name: {state: score_answers(q, closed[name][state], chunk_texts, embedder, settings)
+               for state in ADAPTERS_OF_STATE}
+        for name, q in sets.items()
+    }  # fmt: skip
+    question_figures = {
+        name: QuestionSet(
+            name=name,
+            questions=len(sets[name].questions),
+            answers={state: result[0] for state, result in by_state.items()},
+        )
+        for name, by_state in scored.items()
     }
-    ratio = general_ppl["tuned"] / general_ppl["base"]
-    forgetting = {
-        **general_ppl,
-        "ratio": ratio,
-        "max_ratio": settings.max_forgetting_ratio,
-        "passed": ratio <= settings.max_forgetting_ratio,
-        "source": general_source,
-        "tokens": len(general_ids),
+    open_book_figures: dict[OpenBook, AnswerScores] = {
+        book: score_answers(sets["knowledge"], given, chunk_texts, embedder, settings)[0]
+        for book, given in open_answers.items()
     }
-    answers = {"base": base_answers, "sft": tuned_answers}
-    chunk_texts = source_chunks(chunks_path, list(qa["chunk_id"]))
-    answer_figures = score_answers(questions, answers, references, chunk_texts, settings)
+    ratio = ppl["general"]["final"] / ppl["general"]["base"]
+    figures = EvaluationFigures(
+        sets=question_figures,
+        omitted=omitted,
+        knowledge_gain=knowledge_gain(question_figures),
+        open_book=open_book_figures,
+        rag_top_k=settings.rag_top_k,
+        rag_recovery=rag_recovery(question_figures.get("knowledge"), open_book_figures.get("rag")),
+        perplexity=Perplexities(
+            trained_text=ppl["trained"],
+            heldout_text=ppl["heldout"] or None,
+            trained_tokens=len(texts["trained"]),
+            heldout_tokens=len(texts["heldout"]),
+        ),
+        forgetting=Forgetting(
+            base=ppl["general"]["base"],
+            pretrained=ppl["general"]["pretrained"],
+            tuned=ppl["general"]["final"],
+            ratio=ratio,
+            max_ratio=settings.max_forgetting_ratio,
+            passed=ratio <= settings.max_forgetting_ratio,
+            source=general_source,
+            tokens=len(texts["general"]),
+        ),
+        decontamination=read_json(Path(qa_path) / "summary.json")["contamination"],
+    )
+    if settings.llm_judge and "knowledge" in sets:
+        figures.llm_judge = judge_answers(sets["knowledge"], closed["knowledge"], chunk_texts, judge_settings)
+    examples = {
+        name: {state: result[1] for state, result in by_state.items()} for name, by_state in scored.items()
+    }
     generations = [
         Generation(
-            question=row["question"],
-            reference=row["answer"],
-            base_answer=base_answer,
-            tuned_answer=tuned_answer,
-            doc_title=row["doc_title"],
-            chunk_id=row["chunk_id"],
+            set=name,
+            question=question,
+            reference=q.references[i],
+            answers={
+                **{state: closed[name][state][i] for state in ADAPTERS_OF_STATE},
+                **({book: given[i] for book, given in open_answers.items()} if name == "knowledge" else {}),
+            },
+            doc_title=q.doc_titles[i],
+            chunk_id=q.chunk_ids[i],
         )
-        for row, base_answer, tuned_answer in zip(qa, base_answers, tuned_answers, strict=True)
+        for name, q in sets.items()
+        for i, question in enumerate(q.questions)
     ]
-    extra = {"forgetting": forgetting, **answer_figures}
-    if settings.llm_judge:
-        extra["llm_judge"] = judge_answers(questions, answers, chunk_texts, judge_settings)
-    return _publish(
-        perplexity, scores, extra, generations, len(texts), len(ids), out_root, time.perf_counter() - started
-    )
+    return _publish(figures, examples, generations, out_root, time.perf_counter() - started)
 
 
 def score_answers(
-    questions: list[str],
-    answers: dict[str, list[str]],
-    references: list[str],
-    chunks: list[str],
-    settings: EvaluateSettings,
-) -> dict[str, dict]:
-    """Semantic similarity to the reference, per-fact recall and error analysis, per model."""
-    from docqa.synthesis.quality import load_embedder  # sentence-transformers: seconds to import
-
-    embedder = load_embedder()
-    figures: dict[str, dict] = {"semantic_similarity": {}, "recall": {}, "errors": {}}
-    for name, given in answers.items():
-        to_reference = embedder.similarities(given, references)
-        to_chunk = embedder.passage_similarities(given, chunks)
-        figures["semantic_similarity"][name] = sum(to_reference) / len(to_reference)
-        figures["recall"][name] = recall_summary(given, references, settings.recall_threshold).model_dump()
-        figures["errors"][name] = answer_errors(
-            questions, given, references, to_chunk,
-            settings.long_answer_ratio, settings.max_repetition, settings.min_chunk_similarity,
-        )  # fmt: skip
-    return figures
+    questions: Questions, given: list[str], chunk_texts: dict[str, str], embedder, settings: EvaluateSettings
+) -> tuple[AnswerScores, dict[str, dict]]:
+    """Strict and lenient recall, ROUGE, similarity to the reference and errors (with examples)."""
+    sources = [chunk_texts[c] for c in questions.chunk_ids]
+    to_reference = embedder.similarities(given, questions.references)
+    to_chunk = embedder.passage_similarities(given, sources)
+    errors = answer_errors(
+        questions.questions, given, questions.references, to_chunk,
+        settings.long_answer_ratio, settings.max_repetition, settings.min_chunk_similarity,
+    )  # fmt: skip
+    scores = AnswerScores(
+        strict_recall=recall_summary(given, questions.references, settings.recall_threshold,
+                                     questions.questions),
+        recall=recall_summary(given, questions.references, settings.recall_threshold),
+        rouge=RougeScores(**rouge(given, questions.references, settings.rouge_use_stemmer)),
+        semantic_similarity=sum(to_reference) / len(to_reference),
+        errors={kind: entry["count"] for kind, entry in errors.items()},
+    )  # fmt: skip
+    return scores, errors
 
 
 def judge_answers(
-    questions: list[str],
-    answers: dict[str, list[str]],
-    passages: list[str],
+    questions: Questions,
+    answers: dict[State, list[str]],
+    chunk_texts: dict[str, str],
     judge_settings: SynthesizeSettings,
 ) -> dict:
-    """Mean 1-5 score per model from the synthesis LLM: a model's opinion, labelled as such."""
+    """Mean 1-5 score per model state on the knowledge questions, from the synthesis LLM: a model's
+    opinion, labelled as such."""
     from docqa.synthesis import make_chat_client
     from docqa.synthesis.llm import JudgeItem, judge_pairs
 
     client = make_chat_client(judge_settings)
     figures: dict = {"judge": client.identity(), "label": "LLM-as-judge, 1-5: an opinion, not a ground truth"}
-    for name, given in answers.items():
+    passages = [chunk_texts[c] for c in questions.chunk_ids]
+    for state, given in answers.items():
         items = [
             JudgeItem(item_id=str(i), question=q, answer=a, passage=p)
-            for i, (q, a, p) in enumerate(zip(questions, given, passages, strict=True))
+            for i, (q, a, p) in enumerate(zip(questions.questions, given, passages, strict=True))
         ]
         scores = [v.score for v in judge_pairs(client, items) if v.score is not None]
-        figures[name] = sum(scores) / len(scores) if scores else None
-        figures[f"{name}_unscored"] = len(items) - len(scores)
+        figures[state] = sum(scores) / len(scores) if scores else None
+        figures[f"{state}_unscored"] = len(items) - len(scores)
     return figures
 
 
 def _publish(
-    perplexity, scores, extra, generations, n_documents, n_tokens, out_root: Path, seconds: float
+    figures: EvaluationFigures,
+    examples: dict,
+    generations: list[Generation],
+    out_root: Path,
+    seconds: float,
 ) -> EvalOutput:
-    metrics = {
-        "perplexity": perplexity,
-        "rouge": scores,
-        **extra,
-        "eval_documents": n_documents,
-        "eval_tokens": n_tokens,
-        "eval_questions": len(generations),
-    }
-    digest = json_digest({"metrics": metrics, "generations": [g.model_dump() for g in generations]})
+    digest = json_digest({"figures": figures, "generations": [g.model_dump() for g in generations]})
     tmp = new_tmp_dir(out_root)
-    write_json_atomic(tmp / "metrics.json", metrics)
-    with open(tmp / GENERATIONS_FILE, "w", encoding="utf-8") as handle:
-        for generation in generations:
-            handle.write(json.dumps(generation.model_dump(), ensure_ascii=False) + "\n")
+    write_json_atomic(tmp / "metrics.json", {**figures.model_dump(mode="json"), "error_examples": examples})
+    write_text_atomic(
+        tmp / GENERATIONS_FILE,
+        "".join(json.dumps(g.model_dump(), ensure_ascii=False) + "\n" for g in generations),
+    )
     final = publish_dir(tmp, out_root / digest[:16])
-    return EvalOutput(path=str(final), digest=digest, seconds=seconds, **metrics)
+    return EvalOutput(path=str(final), digest=digest, seconds=seconds, figures=figures)

@@ -18,6 +18,7 @@ import struct
 import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from itertools import repeat
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,7 @@ from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
 from docqa.hashing import json_digest, rows_digest, sha256_file
+from docqa.progress import Progress
 from docqa.settings import IngestSettings
 from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, read_json, write_json_atomic
 
@@ -449,10 +451,22 @@ def extract_all(jobs: list[tuple[str, Path]], settings: IngestSettings) -> list[
     """The content of each (sha256, path), in order; in a process pool when more than one process is
     asked for. The pool spawns its processes: forking one that runs Prefect's threads can deadlock."""
     processes = extraction_processes(settings, len(jobs))
-    if processes == 1:
-        return [extract_content(path, sha256, settings) for sha256, path in jobs]
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(extract_content, [p for _, p in jobs], [h for h, _ in jobs], repeat(settings)))
+    progress = Progress("ingest · documents", len(jobs), "documents")
+    contents: list[ExtractedContent] = []
+    with ExitStack() as stack:
+        if processes == 1:
+            extracted = (extract_content(path, sha256, settings) for sha256, path in jobs)
+        else:
+            spawn = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=spawn))
+            extracted = pool.map(
+                extract_content, [p for _, p in jobs], [h for h, _ in jobs], repeat(settings)
+            )
+        for content in extracted:
+            contents.append(content)
+            progress.advance()
+    progress.close()
+    return contents
 
 
 def _require_some_ok(records: list[DocumentRecord]) -> None:

@@ -13,6 +13,7 @@ from docqa.bootstrap import general_text_split
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
+from docqa.split import PRETRAIN_SIDES
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
@@ -77,7 +78,7 @@ def pretrain(
     from the last complete one, and the folder is removed once the adapter is published."""
     tokenizer = load_tokenizer(base.path, model_settings.revision)
     train_blocks = pack_blocks(
-        list(read_chunks(chunks_path, "train")["text"]), tokenizer, settings.block_size
+        list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]), tokenizer, settings.block_size
     )
     if not len(train_blocks):
         raise ValueError(
@@ -88,7 +89,8 @@ def pretrain(
     mixed_in = general_blocks(settings, model_settings, tokenizer, domain_blocks)
     if len(mixed_in):
         train_blocks = concatenate_datasets([train_blocks, mixed_in])  # the Trainer shuffles
-    eval_blocks = pack_blocks(list(read_chunks(chunks_path, "eval")["text"]), tokenizer, settings.block_size)
+    eval_texts = list(read_chunks(chunks_path, ("eval",))["text"])
+    eval_blocks = pack_blocks(eval_texts, tokenizer, settings.block_size)
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
 
     model = pretrain_model(base, model_settings, settings)

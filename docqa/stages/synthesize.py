@@ -34,10 +34,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from docqa.hashing import json_digest, rows_digest
-from docqa.outputs import SynthesizeOutput, qa_file
+from docqa.outputs import QA_SPLITS, SynthesizeOutput, qa_file
+from docqa.progress import Progress
 from docqa.settings import SynthesizeSettings
+from docqa.split import PRETRAIN_SIDES
 from docqa.synthesis import Backend, ChatClient, ChunkRequest, ChunkResult, make_backend, make_chat_client
-from docqa.synthesis.contamination import contamination_report, decontaminate
+from docqa.synthesis.contamination import ContaminationResult, contamination_report, decontaminate
 from docqa.synthesis.llm import JUDGE_PROMPT_VERSION, JudgeItem, JudgeVerdict, judge_pairs
 from docqa.synthesis.quality import (
     WINDOW_OVERLAP_TOKENS,
@@ -51,7 +53,7 @@ from docqa.synthesis.quality import (
 )
 from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
 
-SPLITS = ("train", "eval")
+SPLITS = QA_SPLITS
 CHUNK_COLUMNS = ("chunk_id", "doc_id", "doc_title", "page_start", "page_end", "text", "split")
 QA_COLUMNS = (
     "question", "answer", "chunk_id", "doc_id", "doc_title", "page_start", "page_end", "split",
@@ -70,7 +72,10 @@ ID_CHARS = 16
 JUDGE_LOW = "judge_score_low"
 JUDGE_UNSCORED = "judge_unscored"
 JUDGE_FAILED = "judge_failed"
-CONTAMINATED = "eval_contaminated"
+# held-out pairs whose wording training text holds: control pairs (vs. SFT pairs and every pretrained
+# chunk) and knowledge pairs (vs. SFT pairs and generated training text; their own chunk is pretrained
+# on by design, so chunks are not checked)
+CONTAMINATED = {"eval": "eval_contaminated", "knowledge": "knowledge_contaminated"}
 CHUNK_STATES = ("accepted", "rejected", "no_pairs", "unparsed", "failed", "near_duplicate")
 LATENCY_QUANTILES = {"latency_p50_s": 50, "latency_p95_s": 95}
 
@@ -178,17 +183,20 @@ def synthesize_qa(
         for chunk, pair in (candidates[i] for i in kept)
     ]
     contamination = decontaminate_rows(rows, chunks, settings.decontamination_ngram)
-    for row_index in contamination.removed_indices:
-        reasons[kept[row_index]] = CONTAMINATED
-    removed = set(contamination.removed_indices)
+    removed: set[int] = set()
+    for split, result in contamination.items():
+        for row_index in result.removed_indices:
+            reasons[kept[row_index]] = CONTAMINATED[split]
+        removed.update(result.removed_indices)
     rows = [row for i, row in enumerate(rows) if i not in removed]
     accounting = chunk_accounting(chunks, twins, results, candidates, reasons)
     summary = summarize(chunks, results, rows, reasons, accounting, identity, key, judged)
     summary["contamination"] = {
-        "eval_pairs_checked": contamination.checked,
-        "eval_pairs_removed": len(contamination.removed_indices),
+        f"{split}_pairs_{what}": value
+        for split, result in contamination.items()
+        for what, value in (("checked", result.checked), ("removed", len(result.removed_indices)))
     }
-    report = contamination_report(contamination)
+    report = {split: contamination_report(result) for split, result in contamination.items()}
     output = publish(rows, replies, summary, accounting, report, judged, out_root, requested)
     check_usable(summary, settings, Path(output.path))
     return output
@@ -279,7 +287,9 @@ def collect_results(
             pending[request.chunk_id] = request
         else:
             results[request.chunk_id] = stored
+    progress = Progress("synthesize · chunks", len(pending), "chunks")
     for result in backend.generate(list(pending.values())):
+        progress.advance()
         request = pending.get(result.chunk_id)
         if request is None or result.chunk_id in results:
             raise SynthesisError(
@@ -288,6 +298,7 @@ def collect_results(
         results[result.chunk_id] = result
         if result.status != "failed":
             save_stored(store, request, result, identity)
+    progress.close(f"{len(chunks) - len(pending)} from the store")
     unanswered = [chunk_id for chunk_id in pending if chunk_id not in results]
     if unanswered:
         raise SynthesisError(f"backend {identity} returned no result for {len(unanswered)} chunk(s)")
@@ -378,18 +389,32 @@ def _row(pair, chunk: dict, identity: dict[str, str], reply: str) -> dict:
     }
 
 
-def decontaminate_rows(rows: list[dict], chunks: list[dict], ngram: int):
-    """Held-out rows checked against training Q&A and training chunks; indices are into ``rows``,
-    and only held-out rows can be removed."""
-    eval_indices = [i for i, row in enumerate(rows) if row["split"] == "eval"]
-    training = [
+def decontaminate_rows(
+    rows: list[dict], chunks: list[dict], ngram: int, generated: list[tuple[str, str]] = ()
+) -> dict[str, ContaminationResult]:
+    """Held-out rows checked against what training reads, per held-out split; indices are into ``rows``.
+
+    - ``eval`` (the control, from held-out documents): against the SFT pairs and every pretrained chunk.
+    - ``knowledge`` (from pretrained chunks, held out of SFT): against the SFT pairs and ``generated``
+      training text (``(label, text)``, e.g. rewrites mixed into pretraining). Not against chunks: the
+      knowledge questions ask what the pretrained chunks say, so their answers share its wording by design;
+      what must not happen is that training saw the question and its answer as a pair.
+    """
+    sft_pairs = [
         (f"qa_train:{i}", f"{row['question']} {row['answer']}")
         for i, row in enumerate(rows)
         if row["split"] == "train"
     ]
-    training += [(f"chunk:{c['chunk_id']}", c["text"]) for c in chunks if c["split"] == "train"]
-    result = decontaminate([(rows[i]["question"], rows[i]["answer"]) for i in eval_indices], training, ngram)
-    return result.model_copy(update={"removed_indices": [eval_indices[i] for i in result.removed_indices]})
+    pretrained = [(f"chunk:{c['chunk_id']}", c["text"]) for c in chunks if c["split"] in PRETRAIN_SIDES]
+    against = {"eval": sft_pairs + pretrained, "knowledge": sft_pairs + list(generated)}
+    results = {}
+    for split, training in against.items():
+        indices = [i for i, row in enumerate(rows) if row["split"] == split]
+        result = decontaminate([(rows[i]["question"], rows[i]["answer"]) for i in indices], training, ngram)
+        results[split] = result.model_copy(
+            update={"removed_indices": [indices[i] for i in result.removed_indices]}
+        )
+    return results
 
 
 def chunk_accounting(
@@ -472,6 +497,7 @@ def summarize(
         "pairs_rejected": rejected.total(),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "qa_train": sum(row["split"] == "train" for row in rows),
+        "qa_knowledge": sum(row["split"] == "knowledge" for row in rows),
         "qa_eval": sum(row["split"] == "eval" for row in rows),
         "retries": sum(max(0, r.attempts - 1) for r in replies),
         **latency_quantiles([r.latency_s for r in replies if r.attempts]),
@@ -498,7 +524,7 @@ def _per_document(chunks: list[dict], pairs_by_chunk: Counter) -> dict[str, dict
             chunk["doc_id"],
             {
                 "doc_title": chunk["doc_title"],
-                "split": chunk["split"],
+                "split": "eval" if chunk["split"] == "eval" else "train",  # the document's side
                 "chunks": 0,
                 "chunks_with_pairs": 0,
                 "pairs": 0,
@@ -529,16 +555,15 @@ def check_usable(summary: dict, settings: SynthesizeSettings, folder: Path) -> N
             "are not stored: the next run retries them. Every chunk's state: "
             f"{folder / 'chunk_accounting.jsonl'}."
         )
-    if not summary["qa_train"] or not summary["qa_eval"]:
+    if not summary["qa_train"]:
         raise SynthesisError(
-            f"synthesis kept {summary['qa_train']} training and {summary['qa_eval']} held-out Q&A pairs "
-            f"from {summary['chunks']} chunks (states: {summary['chunk_states']}, rejected: "
-            f"{summary['rejected_by_reason']}); both splits need pairs. Add documents (or more prose), raise "
-            "split.eval_fraction or name held-out files in split.eval_documents, raise "
-            "synthesize.pairs_per_chunk, loosen the filter that rejected most, or use an LLM backend "
-            "(synthesize.backend=openai) if the extractive rules found few statements. What the backend "
-            f"replied, chunk by chunk: {folder / 'raw_replies.jsonl'} and "
-            f"{folder / 'chunk_accounting.jsonl'}."
+            f"synthesis kept no training Q&A pair from {summary['chunks']} chunks (kept "
+            f"{summary['qa_knowledge']} knowledge and {summary['qa_eval']} control pairs; states: "
+            f"{summary['chunk_states']}, rejected: {summary['rejected_by_reason']}); SFT needs pairs. Add "
+            "documents (or more prose), lower split.knowledge_fraction, raise synthesize.pairs_per_chunk, "
+            "loosen the filter that rejected most, or use an LLM backend (synthesize.backend=openai) if the "
+            f"extractive rules found few statements. What the backend replied, chunk by chunk: "
+            f"{folder / 'raw_replies.jsonl'} and {folder / 'chunk_accounting.jsonl'}."
         )
 
 

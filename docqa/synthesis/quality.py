@@ -532,6 +532,13 @@ class Embedder:
         b = embeddings[[position[t] for t in texts_b]]
         return (a * b).sum(dim=-1).tolist()
 
+    def top_k(self, queries: list[str], passages: list[str], k: int) -> list[list[int]]:
+        """For each query, the indices of the ``k`` passages most similar to it, best first."""
+        if not queries or not passages:
+            return [[] for _ in queries]
+        similarity = self._embed(queries) @ self._embed(passages).T
+        return similarity.topk(min(k, len(passages)), dim=-1).indices.tolist()
+
     def windows(self, text: str) -> list[str]:
         """``text`` cut into overlapping pieces that each fit the model's input (one piece when it fits).
 
