@@ -40,6 +40,14 @@ def fact_recall(answer: str, reference: str, question: str | None = None) -> flo
     return len(wanted & _terms(answer)) / len(wanted)
 
 
+def recalled_flags(
+    answers: list[str], references: list[str], threshold: float, questions: list[str]
+) -> list[float | None]:
+    """Per question, 1.0 when its strict recall reaches ``threshold``, else 0.0; None when unscored."""
+    scores = [fact_recall(a, r, q) for a, r, q in zip(answers, references, questions, strict=True)]
+    return [None if score is None else float(score >= threshold) for score in scores]
+
+
 def recall_summary(
     answers: list[str], references: list[str], threshold: float, questions: list[str] | None = None
 ) -> RecallSummary:

@@ -21,6 +21,28 @@ console = Console()
 PREFECT_UI_URL = "http://127.0.0.1:4200"
 
 
+LIBRARY_QUIET = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # dataset maps and parquet writes
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" and shard bars too
+    "TRANSFORMERS_VERBOSITY": "error",  # advisories about generation lengths, deprecations
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables…"
+}
+
+
+@app.callback()
+def quiet_libraries() -> None:
+    """Before any command: no library progress bars, advisories or deprecation notices on the console
+    (docqa reports its own progress; errors and docqa's own warnings still show). Set before the
+    libraries are imported, which read them then; a variable the user set is kept."""
+    for key, value in LIBRARY_QUIET.items():
+        os.environ.setdefault(key, value)
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    libraries = r"(mlflow|transformers|torch|peft|trl|datasets)\..*"
+    warnings.filterwarnings("ignore", category=UserWarning, module=libraries)
+
+
 def configure_environment(workspace: Path) -> dict[str, str]:
     """Local defaults, set before Prefect is imported: a Prefect home inside the workspace (its
     ephemeral server and database), unless the user points at a server or a home of their own."""
@@ -29,14 +51,9 @@ def configure_environment(workspace: Path) -> dict[str, str]:
         chosen["PREFECT_HOME"] = str(workspace / "prefect")
         (workspace / "prefect").mkdir(parents=True, exist_ok=True)
     chosen["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    chosen["TOKENIZERS_PARALLELISM"] = "false"
-    chosen["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # training keeps its step bar; dataset maps don't
     for key, value in chosen.items():
         os.environ.setdefault(key, value)
-    # Library chatter that says nothing about this run (deprecations inside transformers, MLflow's
-    # dataset-source guesses); our own warnings and every error still show.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    quiet_libraries()
     return chosen
 
 

@@ -80,6 +80,8 @@ class KnowledgeGain(BaseModel):
     knowledge: float | None  # final − base on the knowledge set
     control: float | None  # final − base on the control set
     after_pretraining: float | None  # the same figure for base + pretraining adapter
+    standard_error: float | None  # of ``value``, from the per-question changes (normal approximation)
+    interval_95: tuple[float, float] | None  # value ± 1.96 standard errors
     label: str
 
 
@@ -120,28 +122,53 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def knowledge_gain(sets: dict[SetName, QuestionSet]) -> KnowledgeGain:
+Flags = dict[State, list[float | None]]  # per question: recalled (1.0), not (0.0), unscored (None)
+
+
+def _paired_changes(flags: Flags) -> list[float]:
+    """Per scored question: recalled by the final model minus recalled by the base (-1, 0 or 1)."""
+    return [
+        f - b for b, f in zip(flags["base"], flags["final"], strict=True) if b is not None and f is not None
+    ]
+
+
+def _variance_of_mean(changes: list[float]) -> float | None:
+    if len(changes) < 2:
+        return None
+    mean = sum(changes) / len(changes)
+    return sum((c - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)
+
+
+def knowledge_gain(sets: dict[SetName, QuestionSet], flags: dict[SetName, Flags]) -> KnowledgeGain:
+    """``knowledge_gain`` and its parts; ``flags``: per set and state, each question's recall verdict,
+    for the standard error (the knowledge and control questions are different questions, so their
+    variances add)."""
     knowledge, control = sets.get("knowledge"), sets.get("control")
     k_gain = knowledge.gain() if knowledge else None
     c_gain = control.gain() if control else None
+    variances = [_variance_of_mean(_paired_changes(flags[name])) for name in ("knowledge", "control")
+                 if name in flags and sets.get(name) is not None]  # fmt: skip
     if control is None:
-        return KnowledgeGain(
-            value=k_gain,
-            controlled=False,
-            knowledge=k_gain,
-            control=None,
-            after_pretraining=knowledge.gain("pretrained") if knowledge else None,
-            label="uncontrolled: no held-out document, so style cannot be told from knowledge",
+        value, label = k_gain, "uncontrolled: no held-out document, so style cannot be told from knowledge"
+        after = knowledge.gain("pretrained") if knowledge else None
+    else:
+        value, label = (
+            _minus(k_gain, c_gain),
+            ("(final − base on knowledge) − (final − base on control), strict recall"),
         )
+        after = _minus(knowledge.gain("pretrained") if knowledge else None, control.gain("pretrained"))
+    error = None
+    if value is not None and variances and None not in variances:
+        error = sum(variances) ** 0.5
     return KnowledgeGain(
-        value=_minus(k_gain, c_gain),
-        controlled=True,
+        value=value,
+        controlled=control is not None,
         knowledge=k_gain,
         control=c_gain,
-        after_pretraining=_minus(
-            knowledge.gain("pretrained") if knowledge else None, control.gain("pretrained")
-        ),
-        label="(final − base on knowledge) − (final − base on control), strict recall",
+        after_pretraining=after,
+        standard_error=error,
+        interval_95=(value - 1.96 * error, value + 1.96 * error) if error is not None else None,
+        label=label,
     )
 
 
@@ -175,6 +202,7 @@ def metric_values(figures: EvaluationFigures) -> dict[str, float]:
     metrics: dict[str, float | None] = {
         "knowledge_gain": figures.knowledge_gain.value,
         "knowledge_gain_after_pretraining": figures.knowledge_gain.after_pretraining,
+        "knowledge_gain_standard_error": figures.knowledge_gain.standard_error,
         "rag_recovery": figures.rag_recovery,
         "forgetting_ratio": figures.forgetting.ratio,
         "forgetting_passed": float(figures.forgetting.passed),
@@ -245,7 +273,7 @@ def headline_lines(figures: EvaluationFigures) -> list[str]:
     """The few lines a person reads first (terminal and Prefect)."""
     gain = figures.knowledge_gain
     lines = [
-        f"knowledge_gain {_text(gain.value, signed=True)} ({gain.label}): knowledge set "
+        f"knowledge_gain {_text(gain.value, signed=True)}{_interval(gain)} ({gain.label}): knowledge set "
         f"{_text(gain.knowledge, signed=True)}, control {_text(gain.control, signed=True)}, after "
         f"pretraining alone {_text(gain.after_pretraining, signed=True)}",
         f"rag_recovery {_text(figures.rag_recovery)} (closed-book gain as a share of RAG's, top-"
@@ -268,6 +296,13 @@ def headline_lines(figures: EvaluationFigures) -> list[str]:
         + ("passed" if forgetting.passed else "FAILED")
     )
     return lines
+
+
+def _interval(gain: KnowledgeGain) -> str:
+    if gain.interval_95 is None:
+        return ""
+    low, high = gain.interval_95
+    return f", 95% interval {low:+.3f} to {high:+.3f}"
 
 
 def stage_figures(figures: EvaluationFigures) -> dict[str, float | str | None]:

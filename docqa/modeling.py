@@ -108,6 +108,8 @@ def load_adapted_model(base: BaseModelRef, settings: ModelSettings, adapters: di
 def token_stream(tokenizer, texts: list[str]) -> list[int]:
     """The texts' tokens end to end, each text followed by eos so that documents never run together."""
     ids: list[int] = []
+    if not texts:  # a tokenizer refuses an empty batch (no held-out document: no held-out text)
+        return ids
     for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids.extend(encoded)
         ids.append(tokenizer.eos_token_id)

@@ -63,6 +63,11 @@ def ui_command(uri: str) -> str | None:
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
 
 
+# MLflow 3's UI opens an untagged experiment in its GenAI view (traces, judges); tagged as fine-tuning it
+# opens on runs, metrics and models (PITFALLS)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"
+
+
 class Tracker:
     """The MLflow side of one pipeline run."""
 
@@ -77,6 +82,8 @@ class Tracker:
                 None if self.uri.startswith("http") else (workspace / "mlartifacts").resolve().as_uri()
             )
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        if (found.tags if found else {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_id: str | None = None
 
     def start_parent(self, name: str, tags: dict[str, str]) -> str:

@@ -67,3 +67,36 @@ def test_answer_errors_counts_each_kind_with_examples() -> None:
     counts = {kind: entry["count"] for kind, entry in errors.items()}
     assert counts == {"empty": 1, "too_long": 1, "repetitive": 2, "unrelated": 1}
     assert errors["unrelated"]["examples"] == [{"question": "q4", "answer": "Paris.", "reference": "Lyon."}]
+
+
+def test_the_knowledge_gain_subtracts_the_control_and_carries_its_uncertainty() -> None:
+    from docqa.figures import AnswerScores, QuestionSet, RecallSummary, RougeScores, knowledge_gain
+
+    def scored(recalled: float) -> AnswerScores:
+        summary = RecallSummary(recalled=recalled, mean_recall=recalled, scored=4, unscored=0)
+        rouge = RougeScores(rouge1=0, rouge2=0, rougeL=0)
+        return AnswerScores(
+            strict_recall=summary, recall=summary, rouge=rouge, semantic_similarity=0, errors={}
+        )
+
+    def question_set(name, base, final) -> QuestionSet:
+        return QuestionSet(
+            name=name,
+            questions=4,
+            answers={"base": scored(base), "pretrained": scored(base), "final": scored(final)},
+        )
+
+    sets = {"knowledge": question_set("knowledge", 0.25, 0.75), "control": question_set("control", 0.0, 0.25)}
+    flags = {
+        "knowledge": {"base": [1.0, 0.0, 0.0, 0.0], "pretrained": [0.0] * 4, "final": [1.0, 1.0, 1.0, 0.0]},
+        "control": {"base": [0.0] * 4, "pretrained": [0.0] * 4, "final": [1.0, 0.0, 0.0, 0.0]},
+    }
+    gain = knowledge_gain(sets, flags)
+    assert gain.controlled and gain.value == pytest.approx(0.5 - 0.25)
+    # knowledge changes 0,1,1,0 (variance of the mean 1/12); control 1,0,0,0 (1/16)
+    assert gain.standard_error == pytest.approx((1 / 12 + 1 / 16) ** 0.5)
+    low, high = gain.interval_95
+    assert low == pytest.approx(0.25 - 1.96 * gain.standard_error) and high > 0.25
+    alone = knowledge_gain({"knowledge": sets["knowledge"]}, {"knowledge": flags["knowledge"]})
+    assert not alone.controlled and alone.value == 0.5 and "uncontrolled" in alone.label
+    assert alone.standard_error == pytest.approx((1 / 12) ** 0.5)

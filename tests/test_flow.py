@@ -123,6 +123,8 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
     parent = client.get_run(report["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
+    # tagged as a training experiment, so that MLflow's UI opens it on runs, not in the GenAI view
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "finetuning"
     assert parent.data.tags["prefect.flow_run_id"] == report["flow_run_id"]
     assert parent.data.params["pretrain.lora.r"] == str(RECIPE.pretrain.lora.r)
     trained_ppl = report["evaluation"]["perplexity"]["trained_text"]
@@ -289,6 +291,27 @@ def test_adding_a_document_processes_only_that_document(cold, corpus, tmp_path):
     before = {Path(d["path"]).name: d["split"] for d in first["documents"]}
     after = {Path(d["path"]).name: d["split"] for d in report["documents"]}
     assert {name: after[name] for name in before} == before  # nobody moved between train and eval
+
+
+def test_a_one_document_corpus_runs_end_to_end_with_an_uncontrolled_gain(prefect_harness, tmp_path):
+    from pydoc_data.topics import topics as pydoc
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "paper.txt").write_text("\n\n".join(pydoc[k] for k in ("for", "while", "try", "with")))
+    report = run_pipeline(docs, tmp_path / "ws", RECIPE.model_copy(update={"split": RECIPE.split.model_copy(
+        update={"eval_documents": []})}))  # fmt: skip
+    assert report["status"] == "completed"
+    (document,) = report["documents"]
+    assert document["split"] == "train" and report["counts"]["chunks_eval"] == 0
+    assert report["counts"]["qa_knowledge"] > 0 and report["counts"]["qa_eval"] == 0
+    evaluation = report["evaluation"]
+    assert set(evaluation["sets"]) == {"knowledge", "memorisation"}
+    assert "no held-out document" in evaluation["omitted"]["control"]
+    gain = evaluation["knowledge_gain"]
+    assert gain["controlled"] is False and "uncontrolled" in gain["label"] and gain["control"] is None
+    assert gain["value"] == gain["knowledge"]
+    assert evaluation["perplexity"]["heldout_text"] is None
 
 
 def test_a_failing_stage_fails_the_run_with_its_reason(prefect_harness, corpus, tmp_path):

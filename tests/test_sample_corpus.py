@@ -22,10 +22,10 @@ from docqa.sample_corpus import (
 from docqa.settings import IngestSettings
 from docqa.stages.ingest import HYPHEN_BREAK, clean_pages, ingest_documents, read_documents
 
-MIN_DOCUMENTS = 6
-MIN_PAGES = 60
+MIN_DOCUMENTS = 4  # enough for a held-out-document control and three trained documents
+MIN_PAGES = 25
 MIN_PAGES_PER_DOCUMENT = 5
-MIN_CLEAN_CHARS = 250_000
+MIN_CLEAN_CHARS = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_ingest_removes_running_lines_and_joins_hyphenated_words(corpus, ingeste
 def test_each_topic_starts_with_its_heading(ingested):
     _, records = ingested
     text = "\n".join(page.text for page in records[0].pages)
-    assert "\nString and Bytes literals\n" in text
-    assert "\nFormat String Syntax\n" in text
+    assert '\nThe "assert" statement\n' in text and '\nThe "global" statement\n' in text
+    assert '\nThe "import" statement\n' in text
 
 
 def test_contained_topics_are_left_out():
@@ -124,7 +124,7 @@ def test_ensure_sample_corpus_writes_once(tmp_path):
 
     folder = ensure_sample_corpus(tmp_path / "sample-corpus")
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pdf")}
-    assert len(stamps) >= 5
+    assert len(stamps) >= 4
     assert ensure_sample_corpus(folder) == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pdf")} == stamps  # not rewritten
     assert not list(tmp_path.glob(".tmp-*"))

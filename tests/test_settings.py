@@ -13,6 +13,7 @@ SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 def test_the_expected_recipes_ship():
     names = {p.stem for p in SHIPPED}
     assert {
+        "smollm2-cpu",
         "tiny-cpu",
         "llama-2-7b-qlora",
         "llama-2-13b-qlora",
@@ -31,9 +32,11 @@ def test_every_recipe_loads_and_names_itself(path):
     assert set(yaml.safe_load(path.read_text())) <= set(Recipe.model_fields)
 
 
-def test_tiny_cpu_recipe_is_the_embedded_default():
-    assert load_recipe("tiny-cpu") == Recipe()
+def test_smollm2_cpu_recipe_is_the_embedded_default():
+    assert load_recipe("smollm2-cpu") == Recipe()
     assert load_recipe(None) == Recipe()
+    assert Recipe().model.base is None and Recipe().model.embedded == "smollm2-135m-instruct"
+    assert load_recipe("tiny-cpu").model.embedded == "tiny-bootstrap"
 
 
 def test_seed_reproduction_matches_the_seed_project():
@@ -47,7 +50,7 @@ def test_seed_reproduction_matches_the_seed_project():
 
 def test_overrides_are_typed_and_keep_other_defaults():
     recipe = load_recipe(
-        "tiny-cpu", ["pretrain.lora.r=64", "split.eval_documents=[a.pdf, b.pdf]", "sft.epochs=1"]
+        "smollm2-cpu", ["pretrain.lora.r=64", "split.eval_documents=[a.pdf, b.pdf]", "sft.epochs=1"]
     )
     assert recipe.pretrain.lora.r == 64
     assert recipe.pretrain.lora.alpha == Recipe().pretrain.lora.alpha

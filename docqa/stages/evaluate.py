@@ -31,7 +31,7 @@ import evaluate as hf_evaluate
 import pandas as pd
 import torch
 
-from docqa.answer_metrics import answer_errors, recall_summary
+from docqa.answer_metrics import answer_errors, recall_summary, recalled_flags
 from docqa.bootstrap import GENERAL_HELDOUT_FILE, general_text_split
 from docqa.figures import (
     AnswerScores,
@@ -313,11 +313,17 @@ def evaluate_models(
         book: score_answers(sets["knowledge"], given, chunk_texts, embedder, settings)[0]
         for book, given in open_answers.items()
     }
+    threshold = settings.recall_threshold
+    flags = {
+        name: {state: recalled_flags(closed[name][state], q.references, threshold, q.questions)
+               for state in ADAPTERS_OF_STATE}
+        for name, q in sets.items()
+    }  # fmt: skip
     ratio = ppl["general"]["final"] / ppl["general"]["base"]
     figures = EvaluationFigures(
         sets=question_figures,
         omitted=omitted,
-        knowledge_gain=knowledge_gain(question_figures),
+        knowledge_gain=knowledge_gain(question_figures, flags),
         open_book=open_book_figures,
         rag_top_k=settings.rag_top_k,
         rag_recovery=rag_recovery(question_figures.get("knowledge"), open_book_figures.get("rag")),

@@ -207,6 +207,8 @@ def read_qa(path: Path, split: str) -> datasets.Dataset:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     frame = pd.read_parquet(qa_file(path, split))
+    if frame.empty:  # arrow cannot type an empty column from pandas
+        return datasets.Dataset.from_dict({name: [] for name in QA_COLUMNS}, features=QA_FEATURES)
     return datasets.Dataset.from_pandas(frame, features=QA_FEATURES, preserve_index=False)
 
 
