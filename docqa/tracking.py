@@ -64,8 +64,10 @@ def ui_command(uri: str) -> str | None:
 
 
 # MLflow 3's UI opens an untagged experiment in its GenAI view (traces, judges); tagged as fine-tuning it
-# opens on runs, metrics and models (PITFALLS)
+# opens on runs, metrics and models (PITFALLS). MLflow 3.17's UI also has a global GenAI / Model training
+# switch (default GenAI) that overrides the tag: links docqa prints select the training view in the URL.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 class Tracker:
@@ -149,7 +151,7 @@ class Tracker:
         self.client.log_figure(run_id, figure, artifact_file)
 
     def run_url(self, run_id: str) -> str:
-        return f"{ui_url(self.uri)}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{ui_url(self.uri)}/#/experiments/{self.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def step_logger(uri: str, run_id: str):

@@ -125,6 +125,7 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
     assert parent.info.status == "FINISHED"
     # tagged as a training experiment, so that MLflow's UI opens it on runs, not in the GenAI view
     assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "finetuning"
+    assert report["links"]["mlflow_run"].endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
     assert parent.data.tags["prefect.flow_run_id"] == report["flow_run_id"]
     assert parent.data.params["pretrain.lora.r"] == str(RECIPE.pretrain.lora.r)
     trained_ppl = report["evaluation"]["perplexity"]["trained_text"]
