@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.openai_stub import StubServer, json_pairs_responder
 from bench.report import command_line, machine, record_figures, write_section
+from docqa.workspace import read_jsonl
 
 SERVICE_S = 0.05
 HANG_S = 5.0
@@ -88,10 +89,7 @@ def measure(responder, workspace: Path) -> dict:
     with StubServer(responder) as server:
         seconds, report = docqa_run(server.base_url, workspace)
         requests = len(server.requests)
-    accounting = [
-        json.loads(line)
-        for line in (Path(report["outputs"]["synthesis"]) / "chunk_accounting.jsonl").read_text().splitlines()
-    ]
+    accounting = read_jsonl(Path(report["outputs"]["synthesis"]) / "chunk_accounting.jsonl")
     states = {
         state: sum(r["state"] == state for r in accounting)
         for state in sorted({r["state"] for r in accounting})

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from docqa.settings import FLOW_SECTIONS, RECIPES_DIR, SettingsError, load_recipe, resolve_shipped
@@ -402,6 +403,23 @@ def print_summary(report: dict[str, Any]) -> None:
     failed = [d for d in report.get("documents", []) if d["status"] == "failed"]
     for document in failed:
         console.print(f"[yellow]document failed[/yellow] {document['path']}: {document['reason']}")
+    for document in report.get("documents", []):
+        if document.get("hidden_text"):
+            action = "kept (ingest.keep_hidden_text)" if document.get("hidden_text_kept") else "dropped"
+            reasons = ", ".join(f"{reason} {n}" for reason, n in document["hidden_text"].items())
+            console.print(
+                f"[yellow]hidden text {action}[/yellow] {escape(document['path'])}: "
+                f"{sum(document['hidden_text'].values())} characters a reader cannot see ({reasons})",
+                soft_wrap=True,
+            )
+    for chunk in report.get("instruction_like_chunks", []):
+        action = "dropped" if chunk["dropped"] else "kept (chunk.drop_instruction_like drops it)"
+        where = escape(f"{chunk['doc_title']} p.{chunk['page_start']} ({', '.join(chunk['markers'])})")
+        console.print(
+            f"[yellow]chunk reads like instructions to a model, {action}[/yellow] {where}: "
+            f"{escape(chunk['excerpt'][:120])}",
+            soft_wrap=True,
+        )
 
 
 def print_evaluation(figures) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from docqa.figures import EvaluationFigures
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
-from docqa.workspace import StageOutput, cache_root, read_json
+from docqa.workspace import StageOutput, cache_root, jsonl_records, read_json
 
 TOKENIZER_FILES = (
     "tokenizer*",
@@ -85,12 +85,19 @@ class ChunkOutput(StageOutput):
     duplicate_documents: int
     duplicate_chunks: int
     short_chunks_dropped: int
+    instruction_like_chunks: int  # chunks that read like instructions to a model (docqa.injection)
+    instruction_like_dropped: int  # of those, left out (chunk.drop_instruction_like)
     chunked: int  # documents chunked in this call
     reused: int  # documents taken from the per-document store
 
 
 def chunks_file(chunk_path: Path) -> Path:
     return Path(chunk_path) / CHUNKS_FILE
+
+
+def read_flagged_chunks(chunk_path: Path) -> list[dict]:
+    """The chunks that read like instructions to a model, with their markers and an excerpt."""
+    return read_json(Path(chunk_path) / "summary.json").get("instruction_like", [])
 
 
 def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
@@ -217,11 +224,6 @@ class Generation(BaseModel):
     chunk_id: str
 
 
-def read_jsonl(path: Path) -> list[str]:
-    """The records of a JSON Lines file. Split on "\n" only: ``str.splitlines`` also splits on U+2028,
-    U+0085 and other characters that JSON leaves raw inside strings (see PITFALLS)."""
-    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
 def read_generations(eval_path: Path) -> list[Generation]:
-    return [Generation.model_validate_json(line) for line in read_jsonl(Path(eval_path) / GENERATIONS_FILE)]
+    text = (Path(eval_path) / GENERATIONS_FILE).read_text(encoding="utf-8")
+    return [Generation.model_validate_json(line) for line in jsonl_records(text)]

@@ -19,10 +19,11 @@ from docqa.outputs import (
     chunks_file,
     qa_file,
     read_document_chunks,
+    read_flagged_chunks,
     read_generations,
     read_log_history,
 )
-from docqa.report import DocumentReport, RunReport
+from docqa.report import DocumentReport, FlaggedChunk, RunReport
 from docqa.stages.ingest import IngestOutput, read_documents
 from docqa.tracking import Tracker, loss_figure
 
@@ -60,6 +61,8 @@ class StageRecorder:
                 split=None,
                 duplicate_of=d.duplicate_of,
                 title=d.title,
+                hidden_text=d.hidden_text,
+                hidden_text_kept=d.hidden_text_kept,
             )
             for d in documents
         ]
@@ -68,6 +71,8 @@ class StageRecorder:
             documents_failed=output.documents_failed,
             documents_duplicate=output.documents_duplicate,
             pages=output.pages,
+            documents_with_hidden_text=output.documents_with_hidden_text,
+            hidden_text_chars=output.hidden_text_chars,
         )
         figures = {
             "documents": output.documents,
@@ -75,11 +80,12 @@ class StageRecorder:
             "failed": output.documents_failed,
             "duplicates": output.documents_duplicate,
             "pages": output.pages,
+            "hidden_chars": output.hidden_text_chars,
             "extracted_now": 0 if cached else output.extracted,
         }
         self.tracker.log_metrics(run_id, figures)
         rows = [
-            d.model_dump(include={"path", "sha256", "status", "reason", "pages", "title"})
+            d.model_dump(include={"path", "sha256", "status", "reason", "pages", "title", "hidden_text"})
             for d in self.report.documents
         ]
         self.tracker.log_table(run_id, rows, "documents.json")
@@ -97,13 +103,20 @@ class StageRecorder:
             chunks_knowledge=output.knowledge_chunks,
             chunks_eval=output.eval_chunks,
             chunks_duplicate=output.duplicate_chunks,
+            chunks_short_dropped=output.short_chunks_dropped,
+            chunks_instruction_like=output.instruction_like_chunks,
+            chunks_instruction_like_dropped=output.instruction_like_dropped,
         )
+        self.report.instruction_like_chunks = [
+            FlaggedChunk.model_validate(entry) for entry in read_flagged_chunks(Path(output.path))
+        ]
         figures = {
             "chunks": output.chunks,
             "train_docs": output.train_documents,
             "eval_docs": output.eval_documents,
             "duplicate_chunks": output.duplicate_chunks,
             "short_dropped": output.short_chunks_dropped,
+            "instruction_like": output.instruction_like_chunks,
             "chunked_now": 0 if cached else output.chunked,
         }
         self.tracker.log_metrics(run_id, figures)

@@ -41,6 +41,21 @@ class DocumentReport(BaseModel):
     split: Literal["train", "eval"] | None
     duplicate_of: str | None = None
     title: str | None = None
+    hidden_text: dict[str, int] = Field(default_factory=dict)  # characters per reason: dropped or kept
+    hidden_text_kept: bool = False
+
+
+class FlaggedChunk(BaseModel):
+    """A chunk that reads like instructions to a model (``docqa.injection``), for a person to judge."""
+
+    chunk_id: str
+    doc_id: str
+    doc_title: str | None
+    page_start: int
+    page_end: int
+    markers: list[str]
+    excerpt: str
+    dropped: bool  # chunk.drop_instruction_like
 
 
 class RunReport(BaseModel):
@@ -57,6 +72,7 @@ class RunReport(BaseModel):
     base_model: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, StageReport] = Field(default_factory=lambda: {s: StageReport() for s in STAGES})
     documents: list[DocumentReport] = Field(default_factory=list)
+    instruction_like_chunks: list[FlaggedChunk] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)  # trainable parameters
     evaluation: EvaluationFigures | None = None  # knowledge, memorisation, control; knowledge_gain

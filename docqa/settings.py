@@ -133,6 +133,19 @@ class IngestSettings(_Settings):
         0.5, gt=0, le=1, description="a line repeated on this share of pages is a running header/footer"
     )
     max_file_mb: float = Field(200, gt=0, description="larger files are refused")
+    keep_hidden_text: bool = Field(
+        False,
+        description="keep PDF text a reader cannot see (invisible render mode, white, tiny, off-page or "
+        "clipped); it is counted per document either way",
+    )
+    min_visible_font_pt: float = Field(
+        1.0, ge=0, description="text drawn smaller than this (points, after scaling) counts as hidden"
+    )
+    normalise_text: bool = Field(
+        True,
+        description="ligatures, full-width letters and odd spaces made plain, separators made line ends, "
+        "control and zero-width characters and soft hyphens dropped (symbols such as x² and µ kept)",
+    )
     workers: int = Field(
         1,
         ge=0,
@@ -195,6 +208,11 @@ class ChunkSettings(_Settings):
     chunk_tokens: int = Field(256, ge=16, description="chunk size in tokens of the model's tokenizer")
     overlap_tokens: int = Field(32, ge=0)
     min_chunk_tokens: int = Field(24, ge=1, description="shorter pieces are dropped and counted")
+    drop_instruction_like: bool = Field(
+        False,
+        description='leave out chunks that read like instructions to a model ("ignore previous '
+        'instructions", role tags, requests for keys); they are flagged and listed in the report either way',
+    )
 
     def _problems(self) -> list[str]:
         problems = []

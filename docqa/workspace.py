@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +68,36 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# Characters that ``str.splitlines`` (and readers built on it) takes for line ends and that
+# ``json.dumps(..., ensure_ascii=False)`` would leave raw inside strings; the other line-end characters
+# (\n, \r, \v, \f, \x1c-\x1e) are control characters, which JSON escapes anyway.
+_RAW_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_RAW_LINE_BREAK = re.compile("[\x85\u2028\u2029]")
+
+
+def jsonl_line(record: Any) -> str:
+    """One JSON Lines record: UTF-8 JSON on a single line whatever the text holds (extracted PDF text
+    carries U+2028, U+2029 and U+0085, which are escaped here, so any line-based reader splits right)."""
+    if isinstance(record, BaseModel):
+        record = record.model_dump(mode="json")
+    text = json.dumps(record, ensure_ascii=False)
+    return _RAW_LINE_BREAK.sub(lambda m: _RAW_LINE_BREAKS[m.group()], text) + "\n"
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[Any]) -> None:
+    write_text_atomic(path, "".join(jsonl_line(record) for record in records))
+
+
+def jsonl_records(text: str) -> list[str]:
+    """The records of JSON Lines text, split on "\n" only (``str.splitlines`` also splits on characters
+    that may stand raw inside a JSON string: see PITFALLS)."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    return [json.loads(line) for line in jsonl_records(Path(path).read_text(encoding="utf-8"))]
 
 
 class StageOutput(BaseModel):

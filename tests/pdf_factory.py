@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,4 +132,97 @@ def write_image_only_pdf(path: Path, pages: int = 2) -> Path:
 
 def write_text_file(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- raw PDFs: any character, any drawing state -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A line of text as a PDF draws it: where, how big, which render mode and fill colour, and an
+    optional clipping rectangle (x, y, width, height) around it. Points; the page is A4."""
+
+    text: str
+    x: float = 72
+    y: float = 760
+    size: float = 11
+    render_mode: int = 0  # 0 fill; 3 invisible; 7 clip only
+    fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    clip: tuple[float, float, float, float] | None = None
+
+
+A4_POINTS = (595, 842)
+
+
+def _cmap(codes: dict[str, int]) -> bytes:
+    """A ToUnicode CMap giving each one-byte code its character (any code point, controls included)."""
+    entries = "\n".join(
+        f"<{code:02X}> <{ord(char):04X}>" for char, code in codes.items() if ord(char) <= 0xFFFF
+    )
+    body = (
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /docqa-test def\n"
+        "1 begincodespacerange <00> <FF> endcodespacerange\n"
+        f"{len(codes)} beginbfchar\n{entries}\nendbfchar\n"
+        "endcmap CMapName currentdict /CMap defineresource pop end end"
+    )
+    return body.encode()
+
+
+def write_raw_pdf(path: Path, pages: list[list[Run]], title: str = "Raw test document") -> Path:
+    """A PDF written object by object: each character is a one-byte code of a Helvetica font whose
+    ToUnicode map says which character it is, so extraction sees exactly the text given (U+2028, form
+    feeds, ligatures…), drawn with each run's render mode, colour, size, position and clip."""
+    chars = sorted({c for page in pages for run in page for c in run.text})
+    if len(chars) > 254:
+        raise ValueError("a raw test PDF holds at most 254 distinct characters")
+    codes = {char: i + 1 for i, char in enumerate(chars)}
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    def stream(data: bytes, extra: str = "") -> bytes:
+        return f"<< /Length {len(data)} {extra}>>\nstream\n".encode() + data + b"\nendstream"
+
+    cmap = add(stream(_cmap(codes)))
+    font = add(
+        f"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /FirstChar 1 /LastChar {len(chars)} "
+        f"/Widths [{' '.join(['500'] * len(chars))}] /ToUnicode {cmap} 0 R >>".encode()
+    )
+    page_ids = []
+    pages_id = len(objects) + 2 * len(pages) + 1  # after every page and content stream
+    for runs in pages:
+        ops = []
+        for run in runs:
+            ops.append("q")
+            if run.clip is not None:
+                ops.append("{} {} {} {} re W n".format(*run.clip))
+            ops.append("{} {} {} rg".format(*run.fill))
+            hex_text = "".join(f"{codes[c]:02X}" for c in run.text)
+            ops.append(f"BT /F1 {run.size} Tf {run.render_mode} Tr {run.x} {run.y} Td <{hex_text}> Tj ET")
+            ops.append("Q")
+        content = add(stream("\n".join(ops).encode()))
+        page_ids.append(
+            add(
+                f"<< /Type /Page /Parent {pages_id} 0 R /MediaBox [0 0 {A4_POINTS[0]} {A4_POINTS[1]}] "
+                f"/Resources << /Font << /F1 {font} 0 R >> >> /Contents {content} 0 R >>".encode()
+            )
+        )
+    kids = " ".join(f"{i} 0 R" for i in page_ids)
+    assert add(f"<< /Type /Pages /Kids [{kids}] /Count {len(page_ids)} >>".encode()) == pages_id
+    info = add(f"<< /Title ({title}) >>".encode())
+    catalog = add(f"<< /Type /Catalog /Pages {pages_id} 0 R >>".encode())
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root {catalog} 0 R /Info {info} 0 R >>\n".encode()
+    out += f"startxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(bytes(out))
     return path

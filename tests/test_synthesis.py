@@ -27,6 +27,7 @@ from docqa.stages.synthesize import (
 from docqa.synthesis import ChunkRequest, ChunkResult, QAPair, make_backend
 from docqa.synthesis.extractive import NO_MATCH_REASON, ExtractiveBackend, extract_candidates
 from docqa.synthesis.llm import PROMPT_VERSION
+from docqa.workspace import read_jsonl
 
 EVAL_TOPICS = {"assert", "class", "lambda", "raise", "with"}
 
@@ -190,7 +191,7 @@ def test_synthesize_accounts_for_every_chunk_and_pair(
     assert sum(summary["rejected_by_reason"].values()) == output.pairs_rejected
     assert sum(d["pairs"] for d in summary["per_document"].values()) == output.qa_train + output.qa_eval
     assert len(summary["chunks_without_pairs_ids"]) == output.chunks_without_pairs
-    replies = [json.loads(line) for line in (folder / "raw_replies.jsonl").read_text().splitlines()]
+    replies = read_jsonl(folder / "raw_replies.jsonl")
     assert len(replies) == output.chunks
 
     train, held_out = read_qa(folder, "train"), read_qa(folder, "eval")
@@ -408,9 +409,7 @@ def test_the_stage_filters_pairs_and_counts_rejections(tmp_path: Path, checkers)
         "wrong_language": 1,
     }
     assert (output.qa_train, output.qa_eval, output.pairs_raw) == (1, 1, 9)
-    accounting = [
-        json.loads(line) for line in (Path(output.path) / "chunk_accounting.jsonl").read_text().splitlines()
-    ]
+    accounting = read_jsonl(Path(output.path) / "chunk_accounting.jsonl")
     assert [(r["state"], r["pairs_accepted"], sum(r["rejected"].values())) for r in accounting] == [
         ("accepted", 1, 5),
         ("accepted", 1, 2),
@@ -524,9 +523,7 @@ def test_the_llm_judge_scores_pairs_and_its_verdicts_are_stored(
         rejected = first.rejected_by_reason
         assert rejected["judge_score_low"] > 0 and rejected["judge_failed"] == first.judge_failed > 0
         assert not first.complete  # failed judge requests make the next run try again
-        verdicts = [
-            json.loads(line) for line in (Path(first.path) / "judge_replies.jsonl").read_text().splitlines()
-        ]
+        verdicts = read_jsonl(Path(first.path) / "judge_replies.jsonl")
         assert len(verdicts) == len(set(judged_questions)) and {v["score"] for v in verdicts} >= {2, 5, None}
 
         second = synthesize_qa(chunks_path, out_root, store, settings, checkers=checkers)

@@ -18,6 +18,7 @@ from docqa.settings import SynthesizeSettings
 from docqa.stages.synthesize import SynthesisError, store_key, synthesize_qa
 from docqa.synthesis import make_backend
 from docqa.synthesis.serve import transformers_serve
+from docqa.workspace import read_jsonl
 
 TEXTS = {
     "train": [
@@ -62,10 +63,8 @@ def assert_unparsed_and_kept(tmp_path: Path, settings: SynthesizeSettings, check
         )
     assert "'unparsed': 3" in str(error.value)
     folder = Path(str(error.value).rsplit(" and ", 1)[1].rstrip(".")).parent  # named in the message
-    states = [
-        json.loads(line)["state"] for line in (folder / "chunk_accounting.jsonl").read_text().splitlines()
-    ]
-    replies = [json.loads(line) for line in (folder / "raw_replies.jsonl").read_text().splitlines()]
+    states = [r["state"] for r in read_jsonl(folder / "chunk_accounting.jsonl")]
+    replies = read_jsonl(folder / "raw_replies.jsonl")
     assert states == ["unparsed"] * 3 and all(r["status"] == "unparsed" and r["reason"] for r in replies)
     records = [
         json.loads(p.read_text()) for p in (store / store_key(backend.identity(), settings)).glob("*.json")

@@ -20,6 +20,7 @@ from datasets import Dataset
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
+from docqa.injection import instruction_markers
 from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, chunks_file
 from docqa.settings import ChunkSettings, SplitSettings
 from docqa.split import chunk_sides, document_sides
@@ -34,6 +35,7 @@ from docqa.workspace import (
 
 PAGE_SEPARATOR = "\n\n"
 CHUNK_ID_CHARS = 16
+EXCERPT_CHARS = 240  # of a flagged chunk, in the report
 
 
 class EmptySplitError(ValueError):
@@ -151,13 +153,43 @@ def chunk_documents(
                 }
             )
         per_document[doc.doc_id] = {"split": doc_split, "chunks": kept, "knowledge_chunks": 0}
+    rows, flagged = flag_instruction_like(rows, settings.drop_instruction_like)
+    counts["instruction_like_dropped"] = sum(f["dropped"] for f in flagged)
+    for entry in flagged:
+        if entry["dropped"]:
+            per_document[entry["doc_id"]]["chunks"] -= 1
     knowledge = chunk_sides([r["chunk_id"] for r in rows if r["split"] == "train"], split)
     for row in rows:
         if knowledge.get(row["chunk_id"]) == "knowledge":
             row["split"] = "knowledge"
             per_document[row["doc_id"]]["knowledge_chunks"] += 1
     _check_split(rows, per_document, split)
-    return _publish(rows, per_document, counts, out_root, chunked_documents=len(per_document))
+    return _publish(rows, per_document, counts, out_root, len(per_document), flagged)
+
+
+def flag_instruction_like(rows: list[dict], drop: bool) -> tuple[list[dict], list[dict]]:
+    """Each row with its ``instruction_markers`` (``docqa.injection``); the flagged chunks listed, and
+    left out when ``drop``."""
+    kept, flagged = [], []
+    for row in rows:
+        markers = instruction_markers(row["text"])
+        row["instruction_markers"] = markers
+        if markers:
+            flagged.append(
+                {
+                    "chunk_id": row["chunk_id"],
+                    "doc_id": row["doc_id"],
+                    "doc_title": row["doc_title"],
+                    "page_start": row["page_start"],
+                    "page_end": row["page_end"],
+                    "markers": markers,
+                    "excerpt": " ".join(row["text"].split())[:EXCERPT_CHARS],
+                    "dropped": drop,
+                }
+            )
+        if not (markers and drop):
+            kept.append(row)
+    return kept, flagged
 
 
 def _check_split(rows: list[dict], per_document: dict[str, dict], split: SplitSettings) -> None:
@@ -175,6 +207,7 @@ def _publish(
     counts: dict[str, int],
     out_root: Path,
     chunked_documents: int,
+    flagged: list[dict] = (),
 ) -> ChunkOutput:
     digest = rows_digest(rows)
     tmp = new_tmp_dir(out_root)
@@ -190,8 +223,10 @@ def _publish(
         "duplicate_documents": counts["duplicate_documents"],
         "duplicate_chunks": counts["duplicate_chunks"],
         "short_chunks_dropped": counts["short_chunks_dropped"],
+        "instruction_like_chunks": len(flagged),
+        "instruction_like_dropped": counts.get("instruction_like_dropped", 0),
     }
-    write_json_atomic(tmp / "summary.json", summary)
+    write_json_atomic(tmp / "summary.json", {**summary, "instruction_like": list(flagged)})
     write_text_atomic(tmp / CHUNK_DOCUMENTS_FILE, json.dumps(per_document, indent=2))
     final = publish_dir(tmp, out_root / digest[:16])
     return ChunkOutput(

@@ -18,7 +18,6 @@ defines every figure.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -54,7 +53,7 @@ from docqa.prompting import encode_prompts, open_book_question
 from docqa.settings import EvaluateSettings, ModelSettings, SynthesizeSettings
 from docqa.split import PRETRAIN_SIDES
 from docqa.stages.synthesize import read_qa
-from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
+from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_jsonl_atomic
 
 ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge"
 QA_SPLIT_OF_SET: dict[SetName, str] = {"knowledge": "knowledge", "memorisation": "train", "control": "eval"}
@@ -425,9 +424,6 @@ def _publish(
     digest = json_digest({"figures": figures, "generations": [g.model_dump() for g in generations]})
     tmp = new_tmp_dir(out_root)
     write_json_atomic(tmp / "metrics.json", {**figures.model_dump(mode="json"), "error_examples": examples})
-    write_text_atomic(
-        tmp / GENERATIONS_FILE,
-        "".join(json.dumps(g.model_dump(), ensure_ascii=False) + "\n" for g in generations),
-    )
+    write_jsonl_atomic(tmp / GENERATIONS_FILE, generations)
     final = publish_dir(tmp, out_root / digest[:16])
     return EvalOutput(path=str(final), digest=digest, seconds=seconds, figures=figures)

@@ -10,11 +10,11 @@ order) and ``summary.json``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
 import struct
+import unicodedata
 import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -29,9 +29,18 @@ from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
 from docqa.hashing import json_digest, rows_digest, sha256_file
+from docqa.pdf_visibility import visible_text
 from docqa.progress import Progress
 from docqa.settings import IngestSettings
-from docqa.workspace import StageOutput, new_tmp_dir, publish_dir, read_json, write_json_atomic
+from docqa.workspace import (
+    StageOutput,
+    jsonl_records,
+    new_tmp_dir,
+    publish_dir,
+    read_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 DOCUMENTS_FILE = "documents.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -79,6 +88,13 @@ HYPHEN_BREAK = re.compile(r"([^\W\d_])[-\u00ad][ \t]*\n[ \t]*([^\W\d_])")
 INNER_SPACE = re.compile(r"(?<=\S)[ \t]+(?=\S)")
 BLANK_RUN = re.compile(r"\n{3,}")
 MARKDOWN_HEADING = re.compile(r"#{1,6}\s+(.+?)\s*#*\s*")
+SOFT_HYPHEN = "\u00ad"
+COMPATIBILITY_FORMS = re.compile("[\ufb00-\ufb06\uff01-\uff5e]+")  # Latin ligatures, full-width ASCII
+WIDE_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
+PARAGRAPH_SEPARATORS = re.compile("\u2029")
+LINE_SEPARATORS = re.compile("[\u2028\x85\x0b\x0c\x1c-\x1e]")
+# C0 and C1 controls but tab, newline and carriage return (handled later); zero-width space, word joiner, BOM
+DROPPED_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]")
 
 
 class NoDocumentsError(ValueError):
@@ -109,6 +125,8 @@ class ExtractedContent(BaseModel):
     n_pages: int
     pages: list[PageText]
     low_text_pages: int
+    hidden_text: dict[str, int] = {}  # characters a reader cannot see, per reason (docqa.pdf_visibility)
+    hidden_text_kept: bool = False  # ingest.keep_hidden_text: counted but left in the text
 
 
 class DocumentRecord(BaseModel):
@@ -122,6 +140,8 @@ class DocumentRecord(BaseModel):
     n_pages: int  # pages in the file (1 for text files, 0 if unreadable)
     pages: list[PageText]  # cleaned text per page (empty when failed)
     low_text_pages: int  # pages below settings.min_chars_per_page
+    hidden_text: dict[str, int] = {}  # characters a reader cannot see, per reason; dropped unless kept
+    hidden_text_kept: bool = False
     duplicate_of: str | None = None  # path of an earlier file with identical bytes
 
 
@@ -131,6 +151,8 @@ class IngestOutput(StageOutput):
     documents_failed: int
     documents_duplicate: int
     pages: int  # pages of the ok documents, each duplicate counted once
+    documents_with_hidden_text: int  # of the ok documents, each duplicate counted once
+    hidden_text_chars: int  # characters a reader cannot see, dropped unless ingest.keep_hidden_text
     extracted: int  # documents extracted in this call
     reused: int  # documents taken from the per-document store
     content_digest: str  # the records without where the files lie: what downstream caches key on
@@ -178,7 +200,7 @@ def extract_content(path: Path, sha256: str, settings: IngestSettings) -> Extrac
     """What ``path``'s bytes (whose digest is ``sha256``) yield; the title is None when none is found."""
     try:
         _check_size(path, settings)
-        title, raw_pages = _read_document(path, settings)
+        title, raw_pages, hidden = _read_document(path, settings)
         pages = clean_pages(raw_pages, settings)
         low_text_pages = sum(len(text) < settings.min_chars_per_page for text in pages)
         _check_text(path, pages, low_text_pages, settings)
@@ -200,6 +222,8 @@ def extract_content(path: Path, sha256: str, settings: IngestSettings) -> Extrac
         n_pages=len(pages),
         pages=[PageText(page=number, text=text) for number, text in enumerate(pages, start=1)],
         low_text_pages=low_text_pages,
+        hidden_text=dict(sorted(hidden.items())),
+        hidden_text_kept=settings.keep_hidden_text,
     )
 
 
@@ -216,6 +240,8 @@ def bind_to_path(content: ExtractedContent, path: Path, duplicate_of: str | None
         n_pages=content.n_pages,
         pages=content.pages,
         low_text_pages=content.low_text_pages,
+        hidden_text=content.hidden_text,
+        hidden_text_kept=content.hidden_text_kept,
         duplicate_of=duplicate_of,
     )
 
@@ -231,11 +257,11 @@ def _check_size(path: Path, settings: IngestSettings) -> None:
         )
 
 
-def _read_document(path: Path, settings: IngestSettings) -> tuple[str | None, list[str]]:
-    """(title found in the content, raw text per page)."""
+def _read_document(path: Path, settings: IngestSettings) -> tuple[str | None, list[str], Counter]:
+    """(title found in the content, raw text per page, hidden text's characters per reason)."""
     if path.suffix.lower() == PDF_SUFFIX:
-        return _read_pdf(path, settings.pdf_extraction_mode)
-    return _read_text_file(path)
+        return _read_pdf(path, settings)
+    return (*_read_text_file(path), Counter())
 
 
 def _read_text_file(path: Path) -> tuple[str | None, list[str]]:
@@ -261,12 +287,24 @@ def _text_title(text: str, suffix: str) -> str | None:
     return None
 
 
-def _read_pdf(path: Path, mode: str) -> tuple[str | None, list[str]]:
+def _read_pdf(path: Path, settings: IngestSettings) -> tuple[str | None, list[str], Counter]:
+    """(title, visible text per page, hidden text's characters per reason: see ``docqa.pdf_visibility``)."""
     _check_pdf_markers(path)
     try:
         reader = PdfReader(path)
         _unlock(reader)
-        return _pdf_title(reader), [page.extract_text(extraction_mode=mode) for page in reader.pages]
+        pages, hidden = [], Counter()
+        for page in reader.pages:
+            text, page_hidden = visible_text(
+                page,
+                reader,
+                settings.pdf_extraction_mode,
+                settings.min_visible_font_pt,
+                settings.keep_hidden_text,
+            )
+            pages.append(text)
+            hidden.update(page_hidden)
+        return _pdf_title(reader), pages, hidden
     except DependencyError:
         raise  # a missing package (cryptography for AES) is the installation's fault, not the file's
     except FileNotDecryptedError as err:
@@ -342,10 +380,39 @@ def _no_text_reason(path: Path) -> str:
 
 
 def clean_pages(pages: list[str], settings: IngestSettings) -> list[str]:
-    """Running headers/footers and page numbers removed, hyphenated words joined, whitespace normalised."""
+    """Characters normalised, running headers/footers and page numbers removed, hyphenated words joined,
+    whitespace normalised."""
+    if settings.normalise_text:
+        pages = [normalise_characters(text) for text in pages]
     page_lines = [_normalise_lines(text) for text in pages]
     running = _running_lines(page_lines, settings)
     return [_clean_page(lines, running, settings.header_footer_lines) for lines in page_lines]
+
+
+def _compatibility_form(match: re.Match[str]) -> str:
+    return unicodedata.normalize("NFKC", match.group())
+
+
+def normalise_characters(text: str) -> str:
+    """What PDF extraction leaves that is not the author's text, made plain; meaningful symbols kept.
+
+    - Canonical composition (NFC): "e" + combining acute is "é", as typed.
+    - Compatibility forms only where they are typesetting, not meaning (a documented subset of NFKC):
+      ligatures ("ﬁ" → "fi", U+FB00–FB06), full-width ASCII ("Ａ" → "A"), and space characters of other
+      widths (no-break, thin, em, ideographic) → " ". Superscripts, fractions, "µ", "™", circled
+      numbers and every other symbol stay as they are: NFKC would turn "x²" into "x2".
+    - Line and paragraph separators (U+2028, U+2029, U+0085, vertical tab, form feed, U+001C–U+001E)
+      become line ends; other control characters (not tab or newline) are dropped.
+    - Invisible format characters are dropped: zero-width space, word joiner, byte-order mark. The
+      zero-width (non-)joiners stay: Persian, Indic scripts and emoji sequences need them. Soft hyphens
+      are dropped once a hyphenated line end has been joined (``_clean_page``).
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = COMPATIBILITY_FORMS.sub(_compatibility_form, text)
+    text = WIDE_SPACES.sub(" ", text)
+    text = PARAGRAPH_SEPARATORS.sub("\n\n", text)
+    text = LINE_SEPARATORS.sub("\n", text.replace("\r\n", "\n"))
+    return DROPPED_CHARACTERS.sub("", text)
 
 
 def _normalise_lines(text: str) -> list[str]:
@@ -383,7 +450,7 @@ def _clean_page(lines: list[str], running: set[str], depth: int) -> str:
         if _line_key(lines[index]) in running or PAGE_NUMBER.fullmatch(lines[index].strip())
     }
     text = "\n".join(line for index, line in enumerate(lines) if index not in dropped)
-    text = HYPHEN_BREAK.sub(_join_hyphenated, text)
+    text = HYPHEN_BREAK.sub(_join_hyphenated, text).replace(SOFT_HYPHEN, "")
     return BLANK_RUN.sub("\n\n", text).strip("\n")
 
 
@@ -485,6 +552,8 @@ def summarize(records: list[DocumentRecord]) -> dict[str, int]:
         "documents_failed": len(records) - len(ok),
         "documents_duplicate": sum(record.duplicate_of is not None for record in records),
         "pages": sum(record.n_pages for record in ok if record.duplicate_of is None),
+        "documents_with_hidden_text": sum(bool(r.hidden_text) for r in ok if r.duplicate_of is None),
+        "hidden_text_chars": sum(sum(r.hidden_text.values()) for r in ok if r.duplicate_of is None),
     }
 
 
@@ -496,8 +565,7 @@ def _publish(records: list[DocumentRecord], out_root: Path, extracted: int, reus
     counts = summarize(records)
     failures = [{"path": r.path, "reason": r.reason} for r in records if r.status == "failed"]
     tmp = new_tmp_dir(out_root)
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    (tmp / DOCUMENTS_FILE).write_text(lines, encoding="utf-8")
+    write_jsonl_atomic(tmp / DOCUMENTS_FILE, rows)
     write_json_atomic(tmp / SUMMARY_FILE, {**counts, "failures": failures})
     final = publish_dir(tmp, out_root / digest[:OUTPUT_NAME_CHARS])
     return IngestOutput(
@@ -513,4 +581,4 @@ def _publish(records: list[DocumentRecord], out_root: Path, extracted: int, reus
 def read_documents(path: Path) -> list[DocumentRecord]:
     """The records of a published ingest folder, in input order."""
     text = (path / DOCUMENTS_FILE).read_text(encoding="utf-8")
-    return [DocumentRecord.model_validate_json(line) for line in text.splitlines() if line]
+    return [DocumentRecord.model_validate_json(line) for line in jsonl_records(text)]

@@ -31,6 +31,7 @@ from docqa.training import (
     trainer_arguments,
     training_dir,
 )
+from docqa.workspace import jsonl_records
 
 ADAPTER_NAME = "sft"
 PRETRAIN_ADAPTER_NAME = "pretrain"
@@ -50,9 +51,7 @@ def read_alpaca(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"sft.general_instructions {path} is not a file")
     text = path.read_text(encoding="utf-8").strip()
-    rows = (
-        json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
-    )
+    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in jsonl_records(text)]
     pairs = []
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not row.get("instruction") or not row.get("output"):

@@ -22,7 +22,6 @@ document; every row traced to document, pages, chunk, backend, model, prompt ver
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -51,7 +50,7 @@ from docqa.synthesis.quality import (
     near_duplicate_chunks,
     rejection_reasons,
 )
-from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_text_atomic
+from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_jsonl_atomic
 
 SPLITS = QA_SPLITS
 CHUNK_COLUMNS = ("chunk_id", "doc_id", "doc_title", "page_start", "page_end", "text", "split")
@@ -598,10 +597,6 @@ def _reply_record(key: str, result: ChunkResult) -> dict:
     }
 
 
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-
-
 def publish(
     rows: list[dict],
     replies: list[dict],
@@ -621,10 +616,10 @@ def publish(
         columns = {name: [row[name] for row in split_rows] for name in QA_COLUMNS}  # from_list refuses []
         dataset = datasets.Dataset.from_dict(columns, features=QA_FEATURES)
         dataset.to_parquet(str(qa_file(tmp, split)))
-    write_text_atomic(tmp / "raw_replies.jsonl", _jsonl(replies))
+    write_jsonl_atomic(tmp / "raw_replies.jsonl", replies)
     if judged is not None:
-        write_text_atomic(tmp / "judge_replies.jsonl", _jsonl([v.model_dump() for v in judged.verdicts]))
-    write_text_atomic(tmp / "chunk_accounting.jsonl", _jsonl(accounting))
+        write_jsonl_atomic(tmp / "judge_replies.jsonl", judged.verdicts)
+    write_jsonl_atomic(tmp / "chunk_accounting.jsonl", accounting)
     write_json_atomic(tmp / "contamination.json", contamination)
     coverage_figure(accounting).savefig(tmp / "coverage.png", dpi=100)
     write_json_atomic(tmp / "summary.json", {"digest": digest, "qa_digest": qa_digest, **summary})
