@@ -20,6 +20,8 @@ from docqa.settings import FLOW_SECTIONS, RECIPES_DIR, SettingsError, load_recip
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 PREFECT_UI_URL = "http://127.0.0.1:4200"
+LOCAL_SERVER_STARTUP_S = 180
+LOCAL_SERVER_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
 LIBRARY_QUIET = {
@@ -52,6 +54,9 @@ def configure_environment(workspace: Path) -> dict[str, str]:
         chosen["PREFECT_HOME"] = str(workspace / "prefect")
         (workspace / "prefect").mkdir(parents=True, exist_ok=True)
     chosen["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    # a new workspace's Prefect database is created and migrated while the local server starts; on a
+    # slow 2-core machine that takes longer than Prefect's 20 s default (PITFALLS)
+    chosen["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = str(LOCAL_SERVER_STARTUP_S)
     for key, value in chosen.items():
         os.environ.setdefault(key, value)
     quiet_libraries()
@@ -86,7 +91,7 @@ def run(
     except SettingsError as error:
         console.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(2) from error
-    docs = check_docs(docs)
+    docs = check_docs(docs, settings.ingest)
     workspace = workspace.resolve()
     configure_environment(workspace)
     from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
@@ -104,7 +109,16 @@ def run(
         report = _latest_report(workspace)
         if report:
             print_summary(report)
-        console.print(f"\n[bold red]docqa run failed:[/bold red] {error}", soft_wrap=True)
+        console.print(f"\n[bold red]docqa run failed:[/bold red] {escape(str(error))}", soft_wrap=True)
+        if LOCAL_SERVER_TIMEOUT in str(error):
+            waited = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
+            console.print(
+                f"The local Prefect server did not answer within {waited} s. Run again with a longer wait "
+                "(export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600), or start a server once "
+                "(prefect server start) and point docqa at it (export PREFECT_API_URL="
+                "http://127.0.0.1:4200/api).",
+                soft_wrap=True,
+            )
         raise typer.Exit(1) from error
     report = _latest_report(workspace)
     print_summary(report)
@@ -115,8 +129,8 @@ def arxiv_overrides(ids: list[str] | None) -> list[str]:
     return [f"source.arxiv_ids={json.dumps(ids)}"] if ids else []
 
 
-def check_docs(docs: str | None) -> str | None:
-    """A local folder (made absolute) or a URL; anything else stops here with exit code 2."""
+def check_docs(docs: str | None, ingest) -> str | None:
+    """A local folder with documents (made absolute) or a URL; anything else stops here, exit code 2."""
     if docs is None or "://" in docs:
         return docs
     if not Path(docs).is_dir():
@@ -124,6 +138,13 @@ def check_docs(docs: str | None) -> str | None:
             f"[red]--docs {docs} is neither a folder nor a URL (s3://…, https://…)[/red]", soft_wrap=True
         )
         raise typer.Exit(2)
+    from docqa.stages.ingest import list_documents
+
+    try:
+        list_documents(Path(docs), ingest)
+    except FileNotFoundError as error:
+        console.print(f"[red]{escape(str(error))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from error
     return str(Path(docs).resolve())
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 from conftest import tiny_recipe, write_topic_documents
+from pdf_factory import write_report_pdf, write_truncated_pdf
 from typer.testing import CliRunner
 
 from docqa.cli import app
@@ -21,6 +26,14 @@ def isolated_env(monkeypatch, tmp_path):
     # the command sets Prefect/HF variables for its own process; keep them out of the other tests
     for key in ("PREFECT_HOME", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(key, str(tmp_path / "prefect") if key == "PREFECT_HOME" else "1")
+
+
+def test_a_folder_without_documents_exits_2_before_anything_starts(tmp_path):
+    (tmp_path / "notes.docx").write_bytes(b"not read")
+    result = runner.invoke(app, ["run", "--docs", str(tmp_path), "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2
+    assert "no documents in" in output_of(result) and ".pdf" in output_of(result)
+    assert not (tmp_path / "ws").exists()
 
 
 def test_invalid_settings_exit_2_and_list_every_problem():
@@ -79,3 +92,42 @@ def test_recipes_command_lists_the_shipped_recipes():
     assert result.exit_code == 0
     for name in ("tiny-cpu", "llama-2-7b-qlora", "llama-3-8b-qlora", "seed-reproduction"):
         assert name in output_of(result)
+
+
+def docqa_subprocess(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``docqa`` as a user starts it: its own process, no Prefect server or home given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "docqa.cli", *args], env={**clean, **env}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_local_prefect_server_starts_on_fresh_workspaces_again_and_again(tmp_path, tiny_base):
+    """A new workspace's Prefect database is migrated while the local server starts, which on a slow
+    machine took longer than Prefect's 20 s default; each start here must get as far as the ingest stage
+    (an empty folder stops it there)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_truncated_pdf(write_report_pdf(tmp_path / "report.pdf", pages=1), docs / "broken.pdf")
+    for attempt in range(3):
+        workspace = tmp_path / f"ws{attempt}"
+        done = docqa_subprocess(["run", "--docs", str(docs), "--workspace", str(workspace), "--set",
+                                 f"model.base={tiny_base.path}"])  # fmt: skip
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1 and "stage ingest failed" in output and "truncated" in output, output
+        assert "Timed out" not in output and (workspace / "prefect" / "prefect.db").is_file()
+
+
+@pytest.mark.slow
+def test_a_local_server_that_does_not_start_in_time_says_what_to_do(tmp_path, tiny_base):
+    docs = write_topic_documents(tmp_path / "docs")
+    arguments = ["run", "--docs", str(docs), "--workspace", str(tmp_path / "ws")]
+    done = docqa_subprocess(
+        [*arguments, "--set", f"model.base={tiny_base.path}"],
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "did not answer within 1 s" in output
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600" in output and "PREFECT_API_URL" in output
