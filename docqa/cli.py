@@ -6,6 +6,8 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +23,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 PREFECT_UI_URL = "http://127.0.0.1:4200"
 LOCAL_SERVER_STARTUP_S = 180
-LOCAL_SERVER_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
 LIBRARY_QUIET = {
@@ -44,6 +45,22 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
     libraries = r"(mlflow|transformers|torch|peft|trl|datasets)\..*"
     warnings.filterwarnings("ignore", category=UserWarning, module=libraries)
+
+
+@contextmanager
+def prefect_api(workspace: Path) -> Iterator[None]:
+    """The Prefect API a run talks to: ``PREFECT_API_URL`` when set, else a local server for the run's
+    duration, started with its database in the workspace and stopped with this process, even a killed one
+    (``docqa.local_server``)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from docqa.local_server import local_prefect_server
+
+    home = Path(os.environ["PREFECT_HOME"])
+    console.print(f"starting the local Prefect server (database in {home}) …", soft_wrap=True, markup=False)
+    with local_prefect_server(home / "server.log"):
+        yield
 
 
 def configure_environment(workspace: Path) -> dict[str, str]:
@@ -94,31 +111,23 @@ def run(
     docs = check_docs(docs, settings.ingest)
     workspace = workspace.resolve()
     configure_environment(workspace)
-    from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
-
     console.rule(f"docqa · recipe {settings.name} · workspace {workspace}")
     try:
-        docqa_pipeline(
-            docs=docs,
-            workspace=str(workspace),
-            recipe_name=settings.name,
-            experiment=settings.experiment,
-            **{section: getattr(settings, section) for section in FLOW_SECTIONS},
-        )
+        with prefect_api(workspace):
+            from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
+
+            docqa_pipeline(
+                docs=docs,
+                workspace=str(workspace),
+                recipe_name=settings.name,
+                experiment=settings.experiment,
+                **{section: getattr(settings, section) for section in FLOW_SECTIONS},
+            )
     except Exception as error:
         report = _latest_report(workspace)
         if report:
             print_summary(report)
         console.print(f"\n[bold red]docqa run failed:[/bold red] {escape(str(error))}", soft_wrap=True)
-        if LOCAL_SERVER_TIMEOUT in str(error):
-            waited = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
-            console.print(
-                f"The local Prefect server did not answer within {waited} s. Run again with a longer wait "
-                "(export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600), or start a server once "
-                "(prefect server start) and point docqa at it (export PREFECT_API_URL="
-                "http://127.0.0.1:4200/api).",
-                soft_wrap=True,
-            )
         raise typer.Exit(1) from error
     report = _latest_report(workspace)
     print_summary(report)
@@ -185,11 +194,12 @@ def sweep(
         raise typer.Exit(2) from error
     workspace = workspace.resolve()
     configure_environment(workspace)
-    from flows.sweep import docqa_sweep
+    with prefect_api(workspace):
+        from flows.sweep import docqa_sweep
 
-    rows = docqa_sweep(
-        variants, docs=str(docs.resolve()) if docs else None, workspace=str(workspace), recipe=recipe
-    )
+        rows = docqa_sweep(
+            variants, docs=str(docs.resolve()) if docs else None, workspace=str(workspace), recipe=recipe
+        )
     table = Table(title=f"docqa sweep {file} · held-out figures")  # one column per variant: fits a terminal
     table.add_column("figure")
     for row in rows:

@@ -84,6 +84,8 @@ class RunReport(BaseModel):
     corpus_fingerprint: str | None = None
     documents_changed: dict[str, list[str]] | None = None  # added, changed, removed (paths)
     registry: dict[str, Any] = Field(default_factory=dict)  # model version, alias, verdict, data diff
+    # MLflow runs of this workspace left RUNNING by a process that died (kill -9), marked KILLED now
+    stale_runs_killed: list[str] = Field(default_factory=list)
 
     def write(self, workspace: Path) -> Path:
         reports = workspace / "reports"

@@ -68,6 +68,7 @@ def ui_command(uri: str) -> str | None:
 # switch (default GenAI) that overrides the tag: links docqa prints select the training view in the URL.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"
 TRAINING_VIEW = "workflowType=machine_learning"
+WORKSPACE_TAG = "docqa.workspace"
 
 
 class Tracker:
@@ -87,15 +88,30 @@ class Tracker:
         if (found.tags if found else {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_id: str | None = None
+        self.workspace_location = str(workspace)
 
     def start_parent(self, name: str, tags: dict[str, str]) -> str:
+        tags = {**tags, WORKSPACE_TAG: self.workspace_location}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         return self.parent_id
 
     def start_stage(self, stage: str, tags: dict[str, str] | None = None) -> str:
-        all_tags = {PARENT_TAG: self.parent_id, "docqa.stage": stage, **(tags or {})}
+        all_tags = {PARENT_TAG: self.parent_id, "docqa.stage": stage, WORKSPACE_TAG: self.workspace_location,
+                    **(tags or {})}  # fmt: skip
         return self.client.create_run(self.experiment_id, run_name=stage, tags=all_tags).info.run_id
+
+    def end_dead_runs(self, workspace_location: str, by: str) -> list[str]:
+        """Runs of this workspace still RUNNING, which only a process that died can have left: the
+        caller holds the workspace (``docqa.workspace.workspace_lock``), so no live run owns them. They
+        are ended as KILLED and tagged with who found them; returns their ids."""
+        self.workspace_location = workspace_location
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        found = [run for run in running if run.data.tags.get(WORKSPACE_TAG) == workspace_location]
+        for run in found:
+            self.client.set_tag(run.info.run_id, "docqa.killed", f"its process died; ended by run {by}")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return [run.info.run_id for run in found]
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -16,7 +16,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,42 @@ def cache_root() -> Path:
     """Where this machine keeps what is built once and shared across workspaces (bootstrap bases,
     downloaded documents and models, the mirrors of remote workspaces)."""
     return Path(os.environ.get("DOCQA_CACHE_DIR", Path.home() / ".cache" / "docqa"))
+
+
+LOCK_FILE, HOLDER_FILE = ".docqa.lock", ".docqa.lock.json"
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another docqa run holds the workspace; the message names it and says what to do."""
+
+
+@contextmanager
+def workspace_lock(folder: Path, holder: dict[str, Any]) -> Iterator[None]:
+    """Hold ``folder`` for one pipeline run: a second run on it (at the same time, or while the first is
+    paused for review) is refused at once with who holds it. The lock is an OS file lock
+    (``filelock``): the OS releases it when its process dies, even by ``kill -9``, so it never goes stale.
+    For a URL workspace it is the local mirror that is held: runs on other machines are not seen."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        info = folder / HOLDER_FILE
+        who = read_json(info) if info.is_file() else {}
+        described = ", ".join(f"{key} {value}" for key, value in who.items()) or "details unknown"
+        raise WorkspaceBusy(
+            f"workspace {folder} is in use by another docqa run ({described}); wait for it to end (a run "
+            "paused for review waits until a person approves or rejects it in the Prefect UI), or give this "
+            "run another --workspace"
+        ) from None
+    try:
+        write_json_atomic(folder / HOLDER_FILE, holder)
+        yield
+    finally:
+        (folder / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
 
 
 def is_url(location: str) -> bool:

@@ -7,7 +7,10 @@ recipe trains nothing, and a new document costs only its own ingest, chunks and 
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ from docqa.settings import (
 from docqa.stages.ingest import list_documents
 from docqa.tracking import Tracker, code_version
 from docqa.watch import changes_since_trained, fingerprint, write_state
-from docqa.workspace import StageOutput, Workspace
+from docqa.workspace import StageOutput, Workspace, workspace_lock
 from flows.stages import GPU_STAGES, OUTPUT_TYPES, stage_result_name
 from tasks.caching import run_cached
 from tasks.stages import (
@@ -98,6 +101,7 @@ class PipelineRun:
             workspace=ws.location,
             docs=docs or "(arXiv only)",
         )
+        self.report.stale_runs_killed = self.tracker.end_dead_runs(ws.location, self.report.flow_run_name)
         self.report.mlflow_run_id = self.tracker.start_parent(
             self.report.flow_run_name,
             {
@@ -296,8 +300,21 @@ def docqa_pipeline(
         registry=registry,
     )
     ws = Workspace(workspace)
+    holder = {
+        "flow run": str(flow_run.name or "local"),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    with workspace_lock(ws.local, holder):
+        return _run_pipeline(ws, docs, recipe, execution, skip_if_unchanged)
+
+
+def _run_pipeline(
+    ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings, skip_if_unchanged: bool
+) -> dict[str, Any]:
     root = ws.local
-    if not docs and not source.arxiv_ids:
+    if not docs and not recipe.source.arxiv_ids:
         docs = str(ensure_sample_corpus(root / "sample-corpus"))
     seen = fingerprint(docs, recipe.ingest.extensions) if docs else None
     changed = changes_since_trained(ws, docs, seen) if docs else None

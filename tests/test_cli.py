@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -131,3 +132,30 @@ def test_a_local_server_that_does_not_start_in_time_says_what_to_do(tmp_path, ti
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and "did not answer within 1 s" in output
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600" in output and "PREFECT_API_URL" in output
+
+
+@pytest.mark.slow
+def test_a_killed_docqa_leaves_no_prefect_server_behind(tmp_path, tiny_base):
+    import signal
+    import time
+
+    import psutil
+
+    docs = write_topic_documents(tmp_path / "docs")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "docqa.cli", "run", "--docs", str(docs), "--workspace", str(tmp_path / "ws"),
+         "--set", f"model.base={tiny_base.path}"],
+        env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline, server = time.monotonic() + 300, None
+    while server is None and time.monotonic() < deadline and cli.poll() is None:
+        servers = [p for p in psutil.Process(cli.pid).children() if "create_app" in " ".join(p.cmdline())]
+        server = servers[0] if servers else None
+        time.sleep(0.5)
+    assert server is not None, "docqa run started no local Prefect server"
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        server.wait(timeout=30)  # the server dies with its parent (PR_SET_PDEATHSIG)
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE

@@ -348,6 +348,31 @@ def test_a_pdf_with_every_line_break_character_and_hidden_instructions_runs_end_
     assert "reveal the API key" not in texts and "print the system prompt" in texts
 
 
+def test_a_second_run_on_a_held_workspace_is_refused_and_a_dead_runs_mlflow_runs_are_ended(
+    prefect_harness, corpus, tmp_path
+):
+    from docqa.tracking import Tracker
+    from docqa.workspace import WorkspaceBusy, workspace_lock
+
+    workspace = tmp_path / "ws"
+    held = workspace_lock(workspace, {"flow run": "paused-for-review"})
+    with held, pytest.raises(WorkspaceBusy, match="paused-for-review"):
+        run_pipeline(corpus, workspace)
+    # a run killed with kill -9 leaves its parent and stage runs RUNNING in MLflow
+    dead = Tracker(workspace, "docqa-test")
+    dead.workspace_location = str(workspace.resolve())
+    parent = dead.start_parent("killed-run", {})
+    stage = dead.start_stage("pretrain")
+    report = run_pipeline(corpus, workspace, RECIPE.model_copy(update={"evaluate": RECIPE.evaluate.model_copy(
+        update={"open_book": False, "max_questions": 2})}))  # fmt: skip
+    assert sorted(report["stale_runs_killed"]) == sorted([parent, stage])
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    for run_id in (parent, stage):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and report["flow_run_name"] in run.data.tags["docqa.killed"]
+    assert client.get_run(report["mlflow_run_id"]).info.status == "FINISHED"
+
+
 def test_a_failing_stage_fails_the_run_with_its_reason(prefect_harness, corpus, tmp_path):
     from flows.pipeline import StageFailed
 

@@ -149,3 +149,41 @@ def test_a_local_workspace_is_its_own_store(tmp_path):
     assert workspace.read_record("state/trained-x.json") == {"a": 1}
     assert (workspace.local / "state" / "trained-x.json").is_file()
     assert workspace.read_record("state/none.json") is None
+
+
+# --- one run at a time -----------------------------------------------------------------------------------
+
+
+def test_a_held_workspace_refuses_a_second_run_and_says_who_holds_it(tmp_path):
+    from docqa.workspace import WorkspaceBusy, workspace_lock
+
+    with (
+        workspace_lock(tmp_path, {"flow run": "first-run", "pid": 4242}),
+        pytest.raises(WorkspaceBusy, match=r"in use by another docqa run \(flow run first-run, pid 4242\)"),
+        workspace_lock(tmp_path, {"flow run": "second-run"}),
+    ):
+        pass
+    with workspace_lock(tmp_path, {"flow run": "third-run"}):  # released when the first ended
+        pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from docqa.workspace import "
+         f"workspace_lock; cm = workspace_lock(Path({str(tmp_path)!r}), {{'flow run': 'killed'}}); "
+         "cm.__enter__(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    from docqa.workspace import WorkspaceBusy, workspace_lock
+
+    with pytest.raises(WorkspaceBusy, match="flow run killed"), workspace_lock(tmp_path, {}):
+        pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with workspace_lock(tmp_path, {"flow run": "next"}):  # the OS released the dead process's lock
+        pass
