@@ -23,18 +23,28 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts ``total`` units of one step (``label``: "pretrain · steps") and reports them."""
 
-    def __init__(self, label: str, total: int, unit: str, every_s: float = PROGRESS_EVERY_S):
+    def __init__(
+        self, label: str, total: int, unit: str, every_s: float = PROGRESS_EVERY_S, announce: bool = True
+    ):
+        """``announce=False``: silent unless the step lasts longer than ``every_s`` (one document's pages
+        among many documents), then reported like any other."""
         self.label, self.total, self.unit, self.every_s = label, max(total, 0), unit, every_s
         self.done = 0
         self.started = self.reported = time.monotonic()
-        log.info("%s: %d %s to go", label, self.total, unit)
+        self.spoke = announce
+        if announce:
+            log.info("%s: %d %s to go", label, self.total, unit)
 
     def advance(self, n: int = 1, note: str = "") -> None:
         self.done += n
         now = time.monotonic()
         if now - self.reported >= self.every_s and self.done < self.total:
-            self.reported = now
+            self.reported, self.spoke = now, True
             log.info("%s", self.line(now, note))
+
+    def update(self, done: int, note: str = "") -> None:
+        """Set the count to ``done`` (reports from another process)."""
+        self.advance(done - self.done, note)
 
     def line(self, now: float, note: str = "") -> str:
         elapsed = now - self.started
@@ -47,6 +57,8 @@ class Progress:
         )
 
     def close(self, note: str = "") -> None:
+        if not self.spoke:
+            return
         elapsed = time.monotonic() - self.started
         rate = f", {self.done / elapsed:.2f} {self.unit}/s" if elapsed > 0 and self.done else ""
         log.info("%s: %d %s done in %s%s%s", self.label, self.done, self.unit, _duration(elapsed), rate,

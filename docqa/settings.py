@@ -152,6 +152,19 @@ class IngestSettings(_Settings):
         description="processes extracting documents in parallel (pypdf is pure Python: this is how ingest "
         "uses a machine's cores); 0: one per core",
     )
+    document_time_limit_s: float = Field(
+        600,
+        gt=0,
+        description="a document still being extracted after this long fails (its process is stopped) and "
+        "the others go on: a hostile PDF can keep an extractor busy for hours. Dense pages take about 8 ms "
+        "each on one core",
+    )
+    document_memory_limit_mb: int = Field(
+        2048,
+        ge=256,
+        description="address space of each extraction process (Unix); a document that needs more fails "
+        "alone. A 72 KB PDF holding one 70 MB string needs 1.1 GB; 2,000 dense pages need about 120 MB",
+    )
 
     def _problems(self) -> list[str]:
         bad = [e for e in self.extensions if not e.startswith(".")]

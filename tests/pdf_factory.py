@@ -226,3 +226,59 @@ def write_raw_pdf(path: Path, pages: list[list[Run]], title: str = "Raw test doc
     out += f"startxref\n{xref}\n%%EOF\n".encode()
     path.write_bytes(bytes(out))
     return path
+
+
+def write_objects_pdf(path: Path, objects: list[bytes]) -> Path:
+    """A PDF of ``objects`` (numbered from 1 in order, the last one the catalog), with its xref table."""
+    out, offsets = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root {len(objects)} 0 R >>\n".encode()
+    out += f"startxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(bytes(out))
+    return path
+
+
+def write_slow_pdf(path: Path, pages: int, stream_kb: int = 1000) -> Path:
+    """A hostile PDF of a few kilobytes that keeps an extractor busy for seconds a page: every page draws
+    one shared compressed content stream that expands to ``stream_kb`` KB of text operators, each under
+    pypdf's decompression and token limits."""
+    unit = b"BT /F1 12 Tf 72 760 Td (a) Tj ET\n"
+    data = zlib.compress(unit * (stream_kb * 1024 // len(unit)), 9)
+    pages_id = 3 + pages
+    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
+    page = (
+        f"<< /Type /Page /Parent {pages_id} 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 1 0 R >> "
+        ">> /Contents 2 0 R >>"
+    ).encode()
+    return write_objects_pdf(
+        path,
+        [
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            f"<< /Length {len(data)} /Filter /FlateDecode >>\nstream\n".encode() + data + b"\nendstream",
+            *[page] * pages,
+            f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+            f"<< /Type /Catalog /Pages {pages_id} 0 R >>".encode(),
+        ],
+    )
+
+
+def write_memory_bomb_pdf(path: Path, string_mb: int) -> Path:
+    """A PDF of a few kilobytes whose one page shows one string of ``string_mb`` MB: under pypdf's
+    decompression limit, but parsing it needs about 16 times that in memory."""
+    data = zlib.compress(b"BT /F1 12 Tf 72 760 Td (" + b"a" * (string_mb * 2**20) + b") Tj ET", 9)
+    return write_objects_pdf(
+        path,
+        [
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            f"<< /Length {len(data)} /Filter /FlateDecode >>\nstream\n".encode() + data + b"\nendstream",
+            b"<< /Type /Page /Parent 4 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 1 0 R >> >> "
+            b"/Contents 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Catalog /Pages 4 0 R >>",
+        ],
+    )

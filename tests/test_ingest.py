@@ -17,9 +17,11 @@ from pdf_factory import (
     write_empty_file,
     write_encrypted_pdf,
     write_image_only_pdf,
+    write_memory_bomb_pdf,
     write_not_a_pdf,
     write_raw_pdf,
     write_report_pdf,
+    write_slow_pdf,
     write_text_file,
     write_truncated_pdf,
 )
@@ -376,3 +378,49 @@ def test_ordinary_pdfs_have_no_hidden_text_and_extract_as_before(tmp_path):
     assert record.hidden_text == {}
     plain = clean_pages([page.extract_text() for page in pypdf.PdfReader(path).pages], IngestSettings())
     assert [page.text for page in record.pages] == plain
+
+
+def test_a_hostile_pdf_is_stopped_by_the_time_limit_with_page_progress_while_the_others_go_on(
+    docs, tmp_path, monkeypatch, caplog
+):
+    """A few-kilobyte PDF whose pages cost seconds each (minutes in all) fails at the limit and is not
+    stored, so the next run tries it again; the good document beside it is ingested."""
+    import logging
+
+    monkeypatch.setattr("docqa.progress.PROGRESS_EVERY_S", 1.0)
+    hostile = write_slow_pdf(tmp_path / "hostile.pdf", pages=60)
+    settings = IngestSettings(document_time_limit_s=4, workers=2)
+    with caplog.at_level(logging.INFO, logger="docqa"):
+        output = ingest_documents([hostile, docs["good"]], tmp_path / "o", tmp_path / "s", settings)
+    stopped, good = read_documents(Path(output.path))
+    assert stopped.status == "failed" and "stopped after the limit of 4 s" in stopped.reason
+    assert "ingest.document_time_limit_s" in stopped.reason
+    assert good.status == "ok" and output.documents_failed == 1
+    assert any("ingest · pages of hostile.pdf:" in message and "/60 pages" in message
+               for message in caplog.messages), caplog.messages  # fmt: skip
+    assert [entry.name.startswith(good.sha256) for entry in (tmp_path / "s").iterdir()] == [True]
+
+
+def test_a_pdf_that_needs_more_memory_than_the_limit_fails_alone(docs, tmp_path):
+    bomb = write_memory_bomb_pdf(tmp_path / "bomb.pdf", string_mb=30)
+    settings = IngestSettings(document_memory_limit_mb=256, workers=2)
+    output = ingest_documents([bomb, docs["good"]], tmp_path / "o", tmp_path / "s", settings)
+    failed, good = read_documents(Path(output.path))
+    assert failed.status == "failed" and "more memory than the limit of 256 MB" in failed.reason
+    assert good.status == "ok"
+
+
+def test_an_extraction_process_that_dies_fails_its_document_with_the_signal(tmp_path):
+    """A process killed from outside (the kernel's out-of-memory killer, a crash in a C extension) fails
+    the document it was reading; the pool replaces it for the next one."""
+    import signal
+
+    from pebble import ProcessPool
+
+    from docqa.stages.ingest import _outcome
+
+    with ProcessPool(1) as pool:
+        died = _outcome(pool.schedule(signal.raise_signal, (signal.SIGKILL,)), "0" * 64, IngestSettings())
+        after = pool.schedule(sum, ([1, 2],)).result()
+    assert died.status == "failed" and died.stopped_by_limit
+    assert "the extraction process died (signal SIGKILL)" in died.reason and after == 3

@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import re
+import signal
 import struct
+import threading
+import time
 import unicodedata
 import zlib
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
-from itertools import repeat
+from collections.abc import Callable
+from concurrent.futures import Future, TimeoutError
 from pathlib import Path
 from typing import Literal
 
 import pypdf
+from pebble import ProcessExpired, ProcessPool
 from pydantic import BaseModel
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
 from docqa.hashing import json_digest, rows_digest, sha256_file
 from docqa.pdf_visibility import visible_text
+from docqa import progress
 from docqa.progress import Progress
 from docqa.settings import IngestSettings
 from docqa.workspace import (
@@ -49,7 +54,10 @@ LOCATION_FIELDS = {"path", "name", "duplicate_of"}  # where a file lies, not wha
 STORE_KEY_CHARS = 16
 OUTPUT_NAME_CHARS = 16
 BYTES_PER_MB = 2**20
-EXECUTION_SETTINGS = {"workers"}  # how extraction runs, not what it yields: outside the store key
+# how extraction runs, not what it yields: outside the store key. A document failed by a limit is not
+# stored either, so the next run (with a higher limit, or on a quieter machine) tries it again.
+EXECUTION_SETTINGS = {"workers", "document_time_limit_s", "document_memory_limit_mb"}
+PAGE_REPORT_EVERY_S = 1.0  # how often an extraction process sends its page count
 
 PDF_SUFFIX = ".pdf"
 MARKDOWN_SUFFIX = ".md"
@@ -127,6 +135,7 @@ class ExtractedContent(BaseModel):
     low_text_pages: int
     hidden_text: dict[str, int] = {}  # characters a reader cannot see, per reason (docqa.pdf_visibility)
     hidden_text_kept: bool = False  # ingest.keep_hidden_text: counted but left in the text
+    stopped_by_limit: bool = False  # failed by a time or memory limit: not stored, tried again next run
 
 
 class DocumentRecord(BaseModel):
@@ -196,24 +205,22 @@ def extract_document(path: Path, settings: IngestSettings) -> DocumentRecord:
     return bind_to_path(extract_content(path, sha256_file(path), settings), path)
 
 
-def extract_content(path: Path, sha256: str, settings: IngestSettings) -> ExtractedContent:
-    """What ``path``'s bytes (whose digest is ``sha256``) yield; the title is None when none is found."""
+PageCallback = Callable[[int, int], None]  # (pages done, pages in the document)
+
+
+def extract_content(
+    path: Path, sha256: str, settings: IngestSettings, on_page: PageCallback | None = None
+) -> ExtractedContent:
+    """What ``path``'s bytes (whose digest is ``sha256``) yield; the title is None when none is found.
+    ``on_page`` hears of each PDF page read."""
     try:
         _check_size(path, settings)
-        title, raw_pages, hidden = _read_document(path, settings)
+        title, raw_pages, hidden = _read_document(path, settings, on_page)
         pages = clean_pages(raw_pages, settings)
         low_text_pages = sum(len(text) < settings.min_chars_per_page for text in pages)
         _check_text(path, pages, low_text_pages, settings)
     except DocumentFault as fault:
-        return ExtractedContent(
-            sha256=sha256,
-            title=None,
-            status="failed",
-            reason=str(fault),
-            n_pages=fault.n_pages,
-            pages=[],
-            low_text_pages=fault.low_text_pages,
-        )
+        return failed_content(sha256, str(fault), fault.n_pages, fault.low_text_pages)
     return ExtractedContent(
         sha256=sha256,
         title=title,
@@ -224,6 +231,21 @@ def extract_content(path: Path, sha256: str, settings: IngestSettings) -> Extrac
         low_text_pages=low_text_pages,
         hidden_text=dict(sorted(hidden.items())),
         hidden_text_kept=settings.keep_hidden_text,
+    )
+
+
+def failed_content(
+    sha256: str, reason: str, n_pages: int = 0, low_text_pages: int = 0, stopped_by_limit: bool = False
+) -> ExtractedContent:
+    return ExtractedContent(
+        sha256=sha256,
+        title=None,
+        status="failed",
+        reason=reason,
+        n_pages=n_pages,
+        pages=[],
+        low_text_pages=low_text_pages,
+        stopped_by_limit=stopped_by_limit,
     )
 
 
@@ -257,10 +279,12 @@ def _check_size(path: Path, settings: IngestSettings) -> None:
         )
 
 
-def _read_document(path: Path, settings: IngestSettings) -> tuple[str | None, list[str], Counter]:
+def _read_document(
+    path: Path, settings: IngestSettings, on_page: PageCallback | None
+) -> tuple[str | None, list[str], Counter]:
     """(title found in the content, raw text per page, hidden text's characters per reason)."""
     if path.suffix.lower() == PDF_SUFFIX:
-        return _read_pdf(path, settings)
+        return _read_pdf(path, settings, on_page)
     return (*_read_text_file(path), Counter())
 
 
@@ -287,13 +311,18 @@ def _text_title(text: str, suffix: str) -> str | None:
     return None
 
 
-def _read_pdf(path: Path, settings: IngestSettings) -> tuple[str | None, list[str], Counter]:
+def _read_pdf(
+    path: Path, settings: IngestSettings, on_page: PageCallback | None
+) -> tuple[str | None, list[str], Counter]:
     """(title, visible text per page, hidden text's characters per reason: see ``docqa.pdf_visibility``)."""
     _check_pdf_markers(path)
+    on_page = on_page or (lambda done, total: None)
     try:
         reader = PdfReader(path)
         _unlock(reader)
         pages, hidden = [], Counter()
+        total = len(reader.pages)
+        on_page(0, total)
         for page in reader.pages:
             text, page_hidden = visible_text(
                 page,
@@ -304,9 +333,15 @@ def _read_pdf(path: Path, settings: IngestSettings) -> tuple[str | None, list[st
             )
             pages.append(text)
             hidden.update(page_hidden)
+            on_page(len(pages), total)
         return _pdf_title(reader), pages, hidden
     except DependencyError:
         raise  # a missing package (cryptography for AES) is the installation's fault, not the file's
+    except MemoryError as err:  # extraction runs in a process capped at ingest.document_memory_limit_mb
+        raise DocumentFault(
+            f"reading the PDF needed more memory than the limit of {settings.document_memory_limit_mb} MB "
+            "(raise ingest.document_memory_limit_mb to read it)"
+        ) from err
     except FileNotDecryptedError as err:
         raise DocumentFault(_encrypted_reason()) from err
     except LimitReachedError as err:
@@ -497,7 +532,8 @@ def ingest_documents(
     missing = {sha256: path for path, sha256 in pairs if not entry(sha256).exists()}
     fresh = dict(zip(missing, extract_all(list(missing.items()), settings), strict=True))
     for sha256, content in fresh.items():
-        write_json_atomic(entry(sha256), content)
+        if not content.stopped_by_limit:
+            write_json_atomic(entry(sha256), content)
     records: list[DocumentRecord] = []
     first_path: dict[str, str] = {}
     for path, sha256 in pairs:
@@ -515,25 +551,115 @@ def extraction_processes(settings: IngestSettings, documents: int) -> int:
 
 
 def extract_all(jobs: list[tuple[str, Path]], settings: IngestSettings) -> list[ExtractedContent]:
-    """The content of each (sha256, path), in order; in a process pool when more than one process is
-    asked for. The pool spawns its processes: forking one that runs Prefect's threads can deadlock."""
+    """The content of each (sha256, path), in order, each extracted in a process of a pool under the
+    settings' time and memory limits: a document over a limit fails with its reason, its process is
+    stopped and replaced, and the others go on. The pool spawns its processes (forking one that runs
+    Prefect's threads can deadlock); pages read are reported back for documents that take a while."""
+    if not jobs:
+        return []
     processes = extraction_processes(settings, len(jobs))
-    progress = Progress("ingest · documents", len(jobs), "documents")
+    counted = Progress("ingest · documents", len(jobs), "documents")
+    spawn = multiprocessing.get_context("spawn")
+    pages_read = spawn.Queue()
     contents: list[ExtractedContent] = []
-    with ExitStack() as stack:
-        if processes == 1:
-            extracted = (extract_content(path, sha256, settings) for sha256, path in jobs)
-        else:
-            spawn = multiprocessing.get_context("spawn")
-            pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=spawn))
-            extracted = pool.map(
-                extract_content, [p for _, p in jobs], [h for h, _ in jobs], repeat(settings)
-            )
-        for content in extracted:
-            contents.append(content)
-            progress.advance()
-    progress.close()
+    with (
+        PageProgress(pages_read, {sha256: path.name for sha256, path in jobs}),
+        ProcessPool(
+            processes,
+            initializer=_start_extractor,
+            initargs=(pages_read, settings.document_memory_limit_mb),
+            context=spawn,
+        ) as pool,
+    ):
+        limit_s = settings.document_time_limit_s
+        futures = [pool.schedule(_extract_reporting, (p, sha, settings), timeout=limit_s) for sha, p in jobs]
+        for (sha256, _), future in zip(jobs, futures, strict=True):
+            contents.append(_outcome(future, sha256, settings))
+            counted.advance()
+    counted.close()
     return contents
+
+
+def _outcome(future: Future, sha256: str, settings: IngestSettings) -> ExtractedContent:
+    try:
+        return future.result()
+    except TimeoutError:
+        return failed_content(
+            sha256,
+            f"extraction was stopped after the limit of {settings.document_time_limit_s:g} s (a very large "
+            "or hostile PDF?); raise ingest.document_time_limit_s to give it longer",
+            stopped_by_limit=True,
+        )
+    except ProcessExpired as err:
+        how = f"signal {signal.Signals(-err.exitcode).name}" if err.exitcode < 0 else f"code {err.exitcode}"
+        return failed_content(
+            sha256,
+            f"the extraction process died ({how}) while reading the file; if the machine ran out of memory, "
+            "lower ingest.workers or ingest.document_memory_limit_mb",
+            stopped_by_limit=True,
+        )
+
+
+_pages_read: queue.Queue | None = None  # in an extraction process: where its page counts go
+
+
+def _start_extractor(pages_read: queue.Queue, memory_limit_mb: int) -> None:
+    """An extraction process starts: cap its address space (Unix) and keep the page-count queue."""
+    global _pages_read
+    _pages_read = pages_read
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process cap
+        return
+    limit = memory_limit_mb * BYTES_PER_MB
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _extract_reporting(path: Path, sha256: str, settings: IngestSettings) -> ExtractedContent:
+    """``extract_content`` in an extraction process, sending its page count at most every second."""
+    sent = 0.0
+
+    def on_page(done: int, total: int) -> None:
+        nonlocal sent
+        now = time.monotonic()
+        if done in (0, total) or now - sent >= PAGE_REPORT_EVERY_S:
+            sent = now
+            _pages_read.put((sha256, done, total))
+
+    return extract_content(path, sha256, settings, on_page)
+
+
+class PageProgress:
+    """Progress lines for the pages of each document that takes longer than a progress interval, from the
+    page counts extraction processes send: a 2,000-page manual is never a silent minute."""
+
+    def __init__(self, pages_read: queue.Queue, names: dict[str, str]):
+        self.pages_read, self.names = pages_read, names
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="docqa-ingest-pages", daemon=True)
+
+    def __enter__(self) -> PageProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _follow(self) -> None:
+        documents: dict[str, Progress] = {}
+        while not self.stop.is_set():
+            try:
+                sha256, done, total = self.pages_read.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if sha256 not in documents or done == 0:
+                label = f"ingest · pages of {self.names.get(sha256, sha256[:DOC_ID_CHARS])}"
+                every_s = progress.PROGRESS_EVERY_S  # read now: tests shorten it
+                documents[sha256] = Progress(label, total, "pages", every_s=every_s, announce=False)
+            documents[sha256].update(done)
+            if done == total:
+                documents.pop(sha256).close()
 
 
 def _require_some_ok(records: list[DocumentRecord]) -> None:
