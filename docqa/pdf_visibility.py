@@ -5,7 +5,10 @@ can see it or not. Hidden text is how prompt injection reaches a synthesis LLM (
 instructions…" in white on white) and how junk reaches training. Each text-showing operator (``Tj``,
 ``TJ``, ``'``, ``"``) is judged in the graphics state it runs in (kept through ``q``/``Q``):
 
-- ``render_mode``: text render mode 3 (invisible) or 7 (clip only), as OCR layers and tricks use;
+- ``render_mode``: text render mode 3 (invisible) or 7 (clip only), unless it lies over an image drawn
+  earlier on the page: that is how a scanned page carries its OCR text (ocrmypdf, Acrobat, scanners' own
+  software), and a reader sees that text in the image. An image drawn under invisible text on purpose
+  passes too: the instruction-like chunk flags (``docqa.injection``) are the next line of defence;
 - ``white``: filled (or, in mode 1, stroked) in white, which on a white page is invisible (the page's
   own background is taken as white: white text on a dark box is taken as hidden too);
 - ``tiny``: an effective font size (``Tf`` × text matrix × CTM) below ``min_font_pt``;
@@ -111,11 +114,19 @@ class VisibilityScanner:
         self.min_font_pt = min_font_pt
         box = page.cropbox
         self.page_box: Box = (float(box.left), float(box.bottom), float(box.right), float(box.top))
-        fonts = (page.get("/Resources") or {}).get("/Font") or {}
+        resources = page.get("/Resources") or {}
+        fonts = resources.get("/Font") or {}
         self.composite = {
             name: fonts[name].get_object().get("/Subtype") == "/Type0"
             for name in getattr(fonts, "keys", list)()
         }
+        xobjects = resources.get("/XObject") or {}
+        self.images = {
+            name
+            for name in getattr(xobjects, "keys", list)()
+            if xobjects[name].get_object().get("/Subtype") == "/Image"
+        }
+        self.image_boxes: list[Box] = []  # where images were painted so far
 
     def scan(self, content: ContentStream) -> Scan:
         result = Scan()
@@ -159,6 +170,10 @@ class VisibilityScanner:
                 state.render_mode = int(_numbers(operands)[0]) if _numbers(operands) else 0
             elif operator == b"Tf" and len(operands) >= 2:
                 font_name, state.font_size = str(operands[0]), float(operands[1])
+            elif operator == b"INLINE IMAGE" or (
+                operator == b"Do" and operands and str(operands[0]) in self.images
+            ):
+                self.image_boxes.append(self._box(state.ctm, (0.0, 0.0, 1.0, 1.0)))
             elif operator == b"TL":
                 state.leading = _numbers(operands)[0] if _numbers(operands) else 0.0
             elif operator == b"BT":
@@ -191,16 +206,17 @@ class VisibilityScanner:
         return min(xs), min(ys), max(xs), max(ys)
 
     def _hidden(self, state: GraphicsState, text_matrix: Matrix) -> str | None:
+        matrix = multiply(text_matrix, state.ctm)
+        x, y = apply(matrix, 0.0, 0.0)
         if state.render_mode in INVISIBLE_RENDER_MODES:
-            return "render_mode"
+            over_image = any(_inside(box, x, y, PAGE_MARGIN_PT) for box in self.image_boxes)
+            return None if over_image else "render_mode"
         stroked = state.render_mode == STROKE_ONLY_RENDER_MODE
         colour, space = (state.stroke, state.stroke_space) if stroked else (state.fill, state.fill_space)
         if is_white(colour, space):
             return "white"
-        matrix = multiply(text_matrix, state.ctm)
         if state.font_size * scale(matrix) < self.min_font_pt:
             return "tiny"
-        x, y = apply(matrix, 0.0, 0.0)
         if not _inside(self.page_box, x, y, PAGE_MARGIN_PT):
             return "off_page"
         if state.clip is not None and not _inside(state.clip, x, y, PAGE_MARGIN_PT):

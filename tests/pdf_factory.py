@@ -282,3 +282,27 @@ def write_memory_bomb_pdf(path: Path, string_mb: int) -> Path:
             b"<< /Type /Catalog /Pages 4 0 R >>",
         ],
     )
+
+
+def write_scanned_pdf(path: Path, lines: list[str], invisible_elsewhere: str | None = None) -> Path:
+    """A scanned page with an OCR layer, as ocrmypdf makes one: the page is a picture of the lines, and
+    the same lines are drawn over it as invisible text (render mode 3). ``invisible_elsewhere``: more
+    invisible text, below the picture, over no image."""
+    from PIL import ImageDraw
+
+    pdf = _new_pdf()
+    pdf.add_page()
+    image = Image.new("L", (1240, 80 * len(lines) + 40), 255)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((40, 30 + 80 * i), line, fill=0, font_size=36)
+    pdf.image(image, x=10, y=10, w=190)
+    pdf.set_font(FONT, size=11)
+    pdf.text_mode = "INVISIBLE"
+    height_mm = 190 * image.height / image.width
+    for i, line in enumerate(lines):
+        pdf.text(15, 10 + (30 + 80 * i + 36) / image.height * height_mm, line)
+    if invisible_elsewhere:
+        pdf.text(15, 250, invisible_elsewhere)
+    pdf.output(str(path))
+    return path
