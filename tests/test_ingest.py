@@ -310,6 +310,14 @@ def test_list_documents_without_documents_names_the_extensions(tmp_path):
         ("bell\x07 and nul\x00 and \x9f", "bell and nul and "),  # other control characters dropped
         ("x² + ½ µm ™ ① → ≤ α", "x² + ½ µm ™ ① → ≤ α"),  # meaningful symbols kept (NFKC would not)
         ("می\u200cخواهم", "می\u200cخواهم"),  # the zero-width non-joiner Persian needs
+        ("Jana M\u00a8uller, Tom\u00b4as Ib\u00b4a\u02dcnez", "Jana Müller, Tomás Ibáñez"),  # TeX OT1 accents
+        ("na\u00a8\u0131ve Fran\u00b8cois Rivi`ere", "naïve François Rivière"),  # dotless i, cedilla, grave
+        (
+            "don\u00b4t, `echo` and \u00af\u2206n",
+            "don\u00b4t, `echo` and \u00af\u2206n",
+        ),  # nothing to compose
+        ("\uf0b7 first\n  \uf095 second", "• first\n  • second"),  # Symbol / Writer bullets opening a line
+        ("x \uf0b7 y and \uf8eb", "x \uf0b7 y and \uf8eb"),  # other private-use characters are left
     ],
 )
 def test_characters_are_normalised_where_they_are_typesetting_not_meaning(raw, clean):

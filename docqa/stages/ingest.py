@@ -32,9 +32,9 @@ from pydantic import BaseModel
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
+from docqa import progress
 from docqa.hashing import json_digest, rows_digest, sha256_file
 from docqa.pdf_visibility import visible_text
-from docqa import progress
 from docqa.progress import Progress
 from docqa.settings import IngestSettings
 from docqa.workspace import (
@@ -102,6 +102,21 @@ WIDE_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 PARAGRAPH_SEPARATORS = re.compile("\u2029")
 LINE_SEPARATORS = re.compile("[\u2028\x85\x0b\x0c\x1c-\x1e]")
 # C0 and C1 controls but tab, newline and carriage return (handled later); zero-width space, word joiner, BOM
+# TeX's OT1 fonts have no accented letters: pdfTeX draws a spacing accent and then the letter, which
+# extracts as "M¨uller", "Tom´as". The grave accent (also a backtick) only counts after a letter.
+SPACING_ACCENTS = {
+    "\u00a8": "\u0308", "\u00b4": "\u0301", "`": "\u0300", "\u02c6": "\u0302", "\u02dc": "\u0303",
+    "\u00b8": "\u0327", "\u02c7": "\u030c", "\u02d8": "\u0306", "\u00af": "\u0304", "\u02d9": "\u0307",
+    "\u02da": "\u030a", "\u02dd": "\u030b",
+}  # fmt: skip
+ACCENT_BEFORE_LETTER = re.compile(
+    "(?:([\u00a8\u00b4\u02c6\u02dc\u00b8\u02c7\u02d8\u00af\u02d9\u02da\u02dd])|(?<=[^\\W\\d_])(`))([^\\W\\d_])"
+)
+DOTLESS = {"\u0131": "i", "\u0237": "j"}  # TeX puts accents on a dotless i or j
+# a list bullet drawn from a Symbol or Wingdings font (Word's and Writer's defaults) opening a line: its
+# private-use code is the font's, not a character (• ▪ ➢ ❖ ✓ ◦ in those fonts; U+F095 is Writer's •)
+FONT_BULLETS = "\uf0b7\uf095\uf0a7\uf0d8\uf076\uf0fc\uf0a8"
+PRIVATE_USE_BULLET = re.compile(f"^([ \\t]*)[{FONT_BULLETS}](?=[ \\t])", re.MULTILINE)
 DROPPED_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]")
 
 
@@ -436,6 +451,10 @@ def normalise_characters(text: str) -> str:
       ligatures ("ﬁ" → "fi", U+FB00–FB06), full-width ASCII ("Ａ" → "A"), and space characters of other
       widths (no-break, thin, em, ideographic) → " ". Superscripts, fractions, "µ", "™", circled
       numbers and every other symbol stay as they are: NFKC would turn "x²" into "x2".
+    - A spacing accent before a letter, as TeX's OT1 fonts draw accented letters ("M¨uller"), becomes
+      the accented letter ("Müller") where Unicode has it as one character; otherwise it stays
+      ("don´t"). A grave accent counts only after a letter ("Rivi`ere"): it is also a backtick.
+    - A list bullet from a Symbol or Wingdings font opening a line (a private-use code) becomes "•".
     - Line and paragraph separators (U+2028, U+2029, U+0085, vertical tab, form feed, U+001C–U+001E)
       become line ends; other control characters (not tab or newline) are dropped.
     - Invisible format characters are dropped: zero-width space, word joiner, byte-order mark. The
@@ -443,11 +462,19 @@ def normalise_characters(text: str) -> str:
       are dropped once a hyphenated line end has been joined (``_clean_page``).
     """
     text = unicodedata.normalize("NFC", text)
+    text = ACCENT_BEFORE_LETTER.sub(_accented, text)
+    text = PRIVATE_USE_BULLET.sub("\\1•", text)
     text = COMPATIBILITY_FORMS.sub(_compatibility_form, text)
     text = WIDE_SPACES.sub(" ", text)
     text = PARAGRAPH_SEPARATORS.sub("\n\n", text)
     text = LINE_SEPARATORS.sub("\n", text.replace("\r\n", "\n"))
     return DROPPED_CHARACTERS.sub("", text)
+
+
+def _accented(match: re.Match[str]) -> str:
+    accent, letter = match.group(1) or match.group(2), match.group(3)
+    composed = unicodedata.normalize("NFC", DOTLESS.get(letter, letter) + SPACING_ACCENTS[accent])
+    return composed if len(composed) == 1 else match.group()
 
 
 def _normalise_lines(text: str) -> list[str]:
