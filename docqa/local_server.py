@@ -11,10 +11,8 @@ killed with ``kill -9`` leaves no server behind. Prefect's ephemeral server stop
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from docqa.child_processes import die_with_parent
+
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
 STOP_WAIT_S = 10
 DRAIN_WAIT_S = 10
@@ -33,12 +32,6 @@ DRAIN_WAIT_S = 10
 
 class LocalServerError(RuntimeError):
     """The local Prefect server did not start; the message says what to do."""
-
-
-def _die_with_parent() -> None:
-    """In the child, before it runs: receive SIGTERM when the parent dies (Linux; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -72,7 +65,7 @@ def local_prefect_server(log_path: Path) -> Iterator[str]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            server_command(port), env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            server_command(port), env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
     try:
         _wait_until_healthy(url, process, timeout_s, log_path)

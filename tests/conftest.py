@@ -43,7 +43,8 @@ def tiny_recipe(**sections) -> Recipe:
                      "max_eval_samples": 8, "learning_rate": 3e-3},
         "sft": {"max_seq_length": 96, "max_steps": 6, "batch_size": 4, "logging_steps": 2, "eval_steps": 3,
                 "max_eval_samples": 8, "learning_rate": 3e-3},
-        "evaluate": {"ppl_window": 64, "ppl_stride": 32, "max_ppl_tokens": 1500, "max_questions": 8,
+        "evaluate": {"ppl_window": 64, "ppl_stride": 32, "max_ppl_tokens": 1500, "max_general_tokens": 1500,
+                     "max_questions": 8,
                      "max_new_tokens": 12, "batch_size": 8, "sample_generations": 4},
     }  # fmt: skip
     for name, values in sections.items():

@@ -316,6 +316,26 @@ def test_a_one_document_corpus_runs_end_to_end_with_an_uncontrolled_gain(prefect
     assert evaluation["perplexity"]["heldout_text"] is None
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_two_and_three_document_corpora_run_end_to_end_with_a_control(prefect_harness, tmp_path, n):
+    """The smallest corpora that can hold a document out do, whatever the hash rule draws."""
+    every = write_topic_documents(tmp_path / "all")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for path in sorted(every.iterdir())[:n]:
+        shutil.copy(path, docs / path.name)
+    recipe = RECIPE.model_copy(update={
+        "split": RECIPE.split.model_copy(update={"eval_documents": [], "eval_fraction": 0.3}),
+        "evaluate": RECIPE.evaluate.model_copy(update={"open_book": False, "max_questions": 4}),
+    })  # fmt: skip
+    report = run_pipeline(docs, tmp_path / "ws", recipe)
+    assert report["status"] == "completed"
+    sides = sorted(document["split"] for document in report["documents"])
+    assert "eval" in sides and "train" in sides and len(sides) == n
+    assert report["counts"]["qa_knowledge"] > 0 and report["counts"]["qa_eval"] > 0
+    assert report["evaluation"]["knowledge_gain"]["controlled"] is True
+
+
 def test_a_pdf_with_every_line_break_character_and_hidden_instructions_runs_end_to_end(
     prefect_harness, tmp_path
 ):

@@ -81,7 +81,7 @@ class Servers:
             process.terminate()
         for process, _ in self.processes:
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)  # graceful shutdown is not under test here
             except subprocess.TimeoutExpired:
                 process.kill()
 

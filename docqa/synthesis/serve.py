@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from docqa.child_processes import die_with_parent
+
 HEALTH_POLL_S = 0.25
 HEALTH_REQUEST_TIMEOUT_S = 2.0
 STOP_GRACE_S = 10.0
@@ -127,7 +129,11 @@ def transformers_serve(
     command = serve_command(model, host, port, device, extra_args)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**QUIET_ENV, **os.environ}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**QUIET_ENV, **os.environ},
+            preexec_fn=die_with_parent,  # a killed docqa leaves no server
         )
     try:
         wait_until_healthy(process, f"http://{host}:{port}/health", log_path, startup_timeout_s)
