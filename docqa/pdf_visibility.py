@@ -5,20 +5,23 @@ can see it or not. Hidden text is how prompt injection reaches a synthesis LLM (
 instructions…" in white on white) and how junk reaches training. Each text-showing operator (``Tj``,
 ``TJ``, ``'``, ``"``) is judged in the graphics state it runs in (kept through ``q``/``Q``):
 
-- ``render_mode``: text render mode 3 (invisible) or 7 (clip only), unless it lies over an image drawn
-  earlier on the page: that is how a scanned page carries its OCR text (ocrmypdf, Acrobat, scanners' own
-  software), and a reader sees that text in the image. An image drawn under invisible text on purpose
-  passes too: the instruction-like chunk flags (``docqa.injection``) are the next line of defence;
+- ``render_mode``: text render mode 3 (invisible) or 7 (clip only), unless an image drawn on the page
+  (before or after it) covers where it starts: that is how a scanned page carries its OCR text
+  (ocrmypdf, Acrobat, scanners' own software), and a reader sees that text in the image. An image drawn
+  over invisible text on purpose passes too: the instruction-like chunk flags (``docqa.injection``) are
+  the next line of defence;
 - ``white``: filled (or, in mode 1, stroked) in white, which on a white page is invisible (the page's
   own background is taken as white: white text on a dark box is taken as hidden too);
 - ``tiny``: an effective font size (``Tf`` × text matrix × CTM) below ``min_font_pt``;
 - ``off_page``: starting outside the page's crop box;
 - ``clipped``: starting outside the current clipping rectangle (``re W n``, as axis-aligned boxes).
 
-Text inside form XObjects (``Do``) is not scanned: it is extracted as it is. The hidden strings are
-counted by glyph codes (one byte a glyph for simple fonts, two for composite ones). A page without
-hidden text is extracted exactly as before; a page with some is extracted from a copy of its content
-stream whose hidden strings are emptied.
+Form XObjects (``Do``) are scanned where they are drawn, in the graphics state of the drawing, nested
+up to ``MAX_FORM_DEPTH`` deep and ``MAX_FORM_INVOCATIONS`` times a page (pypdf's own extraction stops at
+5,000); a form with hidden text is extracted from an emptied copy, wherever it is drawn. The hidden
+strings are counted by glyph codes (one byte a glyph for simple fonts, two for composite ones). A page
+without hidden text is extracted exactly as before; a page with some is extracted from a copy of its
+content stream (and forms) whose hidden strings are emptied.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from pypdf import PageObject, PdfReader
-from pypdf.generic import ArrayObject, ByteStringObject, ContentStream, NameObject, TextStringObject
+from pypdf.generic import (
+    ArrayObject,
+    ByteStringObject,
+    ContentStream,
+    DictionaryObject,
+    NameObject,
+    StreamObject,
+    TextStringObject,
+)
 
 HIDDEN_REASONS = ("render_mode", "white", "tiny", "off_page", "clipped")
 INVISIBLE_RENDER_MODES = {3, 7}
@@ -36,6 +47,9 @@ STROKE_ONLY_RENDER_MODE = 1
 WHITE_LEVEL = 0.98  # a colour this close to white counts as white
 PAGE_MARGIN_PT = 2.0  # text starting this close outside the page still counts as on it
 TEXT_SHOWING = {b"Tj", b"TJ", b"'", b'"'}
+MAX_FORM_DEPTH = 8
+MAX_FORM_INVOCATIONS = 2000
+UNIT_SQUARE = (0.0, 0.0, 1.0, 1.0)
 Matrix = tuple[float, float, float, float, float, float]
 IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
@@ -100,37 +114,87 @@ def _glyph_codes(operator: bytes, operands, composite: bool) -> int:
 
 @dataclass
 class Scan:
-    """What a page's content stream hides: glyph codes per reason, and the operations without them."""
+    """What a content stream hides: glyph codes per reason, the operations without them, and the forms it
+    draws that hide text (by resource name, each with its own scan)."""
 
     hidden: Counter = field(default_factory=Counter)
     operations: list = field(default_factory=list)
+    forms: dict[str, Scan] = field(default_factory=dict)
 
 
-class VisibilityScanner:
-    """Walks one page's content stream with the graphics state, judging every text-showing operator."""
+class Resources:
+    """The fonts and XObjects one content stream names (a page's, or a form's own)."""
 
-    def __init__(self, page: PageObject, min_font_pt: float):
-        self.page = page
-        self.min_font_pt = min_font_pt
-        box = page.cropbox
-        self.page_box: Box = (float(box.left), float(box.bottom), float(box.right), float(box.top))
-        resources = page.get("/Resources") or {}
+    def __init__(self, resources, inherited: Resources | None = None):
+        resources = resources.get_object() if resources is not None else None
+        if not resources and inherited is not None:  # a form without resources uses its page's
+            self.__dict__.update(inherited.__dict__)
+            return
+        resources = resources or {}
         fonts = resources.get("/Font") or {}
         self.composite = {
             name: fonts[name].get_object().get("/Subtype") == "/Type0"
             for name in getattr(fonts, "keys", list)()
         }
         xobjects = resources.get("/XObject") or {}
-        self.images = {
-            name
-            for name in getattr(xobjects, "keys", list)()
-            if xobjects[name].get_object().get("/Subtype") == "/Image"
-        }
-        self.image_boxes: list[Box] = []  # where images were painted so far
+        self.xobjects = {name: xobjects[name].get_object() for name in getattr(xobjects, "keys", list)()}
 
-    def scan(self, content: ContentStream) -> Scan:
+    def subtype(self, name: str) -> str | None:
+        xobject = self.xobjects.get(name)
+        return xobject.get("/Subtype") if isinstance(xobject, StreamObject) else None
+
+
+class VisibilityScanner:
+    """Walks one page's content stream with the graphics state, judging every text-showing operator."""
+
+    def __init__(self, page: PageObject, reader: PdfReader, min_font_pt: float):
+        self.reader = reader
+        self.min_font_pt = min_font_pt
+        box = page.cropbox
+        self.page_box: Box = (float(box.left), float(box.bottom), float(box.right), float(box.top))
+        self.resources = Resources(page.get("/Resources"))
+        self.image_boxes: list[Box] = []  # where the page's images are painted
+        self.form_invocations = 0
+
+    def scan_page(self, content: ContentStream) -> Scan:
+        self.image_boxes = self._image_boxes(content)
+        return self.scan(content, GraphicsState(), self.resources, depth=0)
+
+    def _image_boxes(self, content: ContentStream) -> list[Box]:
+        """Where the page's own content stream paints images (XObjects or inline)."""
+        boxes, ctm, stack = [], IDENTITY, []
+        for operands, operator in content.operations:
+            if operator == b"q":
+                stack.append(ctm)
+            elif operator == b"Q":
+                ctm = stack.pop() if stack else IDENTITY
+            elif operator == b"cm":
+                ctm = multiply(tuple(_numbers(operands)[:6]) or IDENTITY, ctm)
+            elif operator == b"INLINE IMAGE" or (
+                operator == b"Do" and operands and self.resources.subtype(str(operands[0])) == "/Image"
+            ):
+                boxes.append(self._box(ctm, UNIT_SQUARE))
+        return boxes
+
+    def _scan_form(
+        self, name: str, state: GraphicsState, resources: Resources, depth: int, result: Scan
+    ) -> None:
+        """Scan the form ``name`` drawn in ``state``; record it in ``result`` if it hides text."""
+        self.form_invocations += 1
+        if depth >= MAX_FORM_DEPTH or self.form_invocations > MAX_FORM_INVOCATIONS:
+            return
+        form = resources.xobjects[name]
+        matrix = tuple(_numbers(form.get("/Matrix") or [])[:6]) or IDENTITY
+        inner = replace(state, ctm=multiply(matrix, state.ctm))
+        content = ContentStream(form, self.reader, "bytes")
+        scan = self.scan(content, inner, Resources(form.get("/Resources"), resources), depth + 1)
+        if scan.hidden:
+            result.hidden.update(scan.hidden)
+            result.forms.setdefault(name, scan)
+
+    def scan(self, content: ContentStream, state: GraphicsState, resources: Resources, depth: int) -> Scan:
         result = Scan()
-        state, stack = GraphicsState(), []
+        initial, state, stack = state, replace(state), []  # the caller's state is left as it was
         text_matrix = line_matrix = IDENTITY
         pending_box: Box | None = None
         clip_next = False
@@ -139,7 +203,7 @@ class VisibilityScanner:
             if operator == b"q":
                 stack.append(replace(state))
             elif operator == b"Q":
-                state = stack.pop() if stack else GraphicsState()
+                state = stack.pop() if stack else replace(initial)
             elif operator == b"cm":
                 state.ctm = multiply(tuple(_numbers(operands)[:6]) or IDENTITY, state.ctm)
             elif operator == b"re":
@@ -170,10 +234,8 @@ class VisibilityScanner:
                 state.render_mode = int(_numbers(operands)[0]) if _numbers(operands) else 0
             elif operator == b"Tf" and len(operands) >= 2:
                 font_name, state.font_size = str(operands[0]), float(operands[1])
-            elif operator == b"INLINE IMAGE" or (
-                operator == b"Do" and operands and str(operands[0]) in self.images
-            ):
-                self.image_boxes.append(self._box(state.ctm, (0.0, 0.0, 1.0, 1.0)))
+            elif operator == b"Do" and operands and resources.subtype(str(operands[0])) == "/Form":
+                self._scan_form(str(operands[0]), state, resources, depth, result)
             elif operator == b"TL":
                 state.leading = _numbers(operands)[0] if _numbers(operands) else 0.0
             elif operator == b"BT":
@@ -191,7 +253,7 @@ class VisibilityScanner:
                 reason = self._hidden(state, text_matrix)
                 if reason is not None:
                     result.hidden[reason] += _glyph_codes(
-                        operator, operands, self.composite.get(font_name, False)
+                        operator, operands, resources.composite.get(font_name, False)
                     )
                     operands, operator = self._emptied(operands, operator)
             result.operations.append((operands, operator))
@@ -251,10 +313,34 @@ def visible_text(
     if contents is None or contents.get_object() is None:
         return page.extract_text(extraction_mode=mode), Counter()
     content = ContentStream(contents.get_object(), reader, "bytes")
-    scan = VisibilityScanner(page, min_font_pt).scan(content)
-    if scan.hidden and not keep_hidden:
-        content.operations = scan.operations
+    scan = VisibilityScanner(page, reader, min_font_pt).scan_page(content)
     parsed = PageObject(pdf=reader)
     parsed.update({key: value for key, value in page.items() if key != "/Contents"})
+    if scan.hidden and not keep_hidden:
+        content.operations = scan.operations
+        if scan.forms:
+            parsed[NameObject("/Resources")] = _with_emptied_forms(
+                page.get("/Resources").get_object(), scan, reader
+            )
     parsed[NameObject("/Contents")] = content
     return parsed.extract_text(extraction_mode=mode), scan.hidden
+
+
+def _with_emptied_forms(resources: DictionaryObject, scan: Scan, reader: PdfReader) -> DictionaryObject:
+    """A copy of ``resources`` whose forms that hide text are replaced by copies without it."""
+    copied = DictionaryObject(resources)
+    xobjects = DictionaryObject(resources["/XObject"].get_object())
+    for name, inner in scan.forms.items():
+        form = xobjects[name].get_object()
+        emptied = ContentStream(form, reader, "bytes")
+        emptied.operations = inner.operations
+        for key, value in form.items():
+            if key not in ("/Length", "/Filter", "/DecodeParms"):
+                emptied[NameObject(key)] = value
+        if inner.forms:
+            emptied[NameObject("/Resources")] = _with_emptied_forms(
+                form["/Resources"].get_object(), inner, reader
+            )
+        xobjects[NameObject(name)] = emptied
+    copied[NameObject("/XObject")] = xobjects
+    return copied

@@ -306,3 +306,30 @@ def write_scanned_pdf(path: Path, lines: list[str], invisible_elsewhere: str | N
         pdf.text(15, 250, invisible_elsewhere)
     pdf.output(str(path))
     return path
+
+
+def write_form_xobject_pdf(path: Path, visible: str, white: str, invisible: str) -> Path:
+    """A page whose visible text is in its own content stream, white text in a form XObject it draws, and
+    invisible text (render mode 3, over no image) in a form nested in that one. ASCII text only."""
+    font = "/Font << /F1 1 0 R >>"
+
+    def stream(data: str, extra: str = "") -> bytes:
+        return f"<< /Length {len(data)} {extra}>>\nstream\n{data}\nendstream".encode()
+
+    form = "/Type /XObject /Subtype /Form /BBox [0 0 595 842] "
+    return write_objects_pdf(
+        path,
+        [
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            stream(f"BT 3 Tr /F1 12 Tf 72 500 Td ({invisible}) Tj ET", f"{form}/Resources << {font} >> "),
+            stream(
+                f"q 1 1 1 rg BT /F1 12 Tf 72 600 Td ({white}) Tj ET Q /Inner Do",
+                f"{form}/Resources << {font} /XObject << /Inner 2 0 R >> >> ",
+            ),
+            stream(f"BT /F1 12 Tf 72 760 Td ({visible}) Tj ET /Outer Do"),
+            b"<< /Type /Page /Parent 6 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 1 0 R >> "
+            b"/XObject << /Outer 3 0 R >> >> /Contents 4 0 R >>",
+            b"<< /Type /Pages /Kids [5 0 R] /Count 1 >>",
+            b"<< /Type /Catalog /Pages 6 0 R >>",
+        ],
+    )
