@@ -398,7 +398,7 @@ def test_a_hostile_pdf_is_stopped_by_the_time_limit_with_page_progress_while_the
     import logging
 
     monkeypatch.setattr("docqa.progress.PROGRESS_EVERY_S", 1.0)
-    hostile = write_slow_pdf(tmp_path / "hostile.pdf", pages=60)
+    hostile = write_slow_pdf(tmp_path / "hostile.pdf", pages=60, stream_kb=300)  # about 1 s a page
     settings = IngestSettings(document_time_limit_s=4, workers=2)
     with caplog.at_level(logging.INFO, logger="docqa"):
         output = ingest_documents([hostile, docs["good"]], tmp_path / "o", tmp_path / "s", settings)

@@ -45,7 +45,13 @@ RECIPE = tiny_recipe(
     split={"eval_documents": ["names.txt"], "eval_fraction": 0.01},
     pretrain={"max_steps": 2, "eval_steps": 100, "save_steps": 100},
     sft={"max_steps": 2, "eval_steps": 100, "save_steps": 100},
-    evaluate={"max_questions": 4, "max_ppl_tokens": 400, "max_general_tokens": 400, "max_new_tokens": 8},
+    evaluate={
+        "max_questions": 4,
+        "max_ppl_tokens": 400,
+        "max_general_tokens": 400,
+        "max_new_tokens": 8,
+        "open_book": False,
+    },
     registry={"min_knowledge_gain": -1.0},  # the tiny model teaches nothing measurable: compare anyway
 ).model_copy(update={"name": "integration"})
 

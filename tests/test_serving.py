@@ -196,7 +196,13 @@ def test_serve_answers_concurrent_requests_and_stops_on_ctrl_c(package, tmp_path
     command = [sys.executable, "-m", "docqa.cli", "serve", *options]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # as from a terminal: a shell's background job (pytest started with &) ignores SIGINT, and
+            # its children inherit that
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         wait_until_healthy(process, f"http://127.0.0.1:{port}/health", log_path, SERVER_START_S)
