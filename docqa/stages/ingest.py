@@ -74,7 +74,8 @@ MIN_PAGES_FOR_RUNNING_LINES = 3  # with fewer pages a repeated line is as likely
 # struct.error on a short font table, a zlib.error on a damaged stream, RecursionError on a cyclic
 # object tree, NotImplementedError on an unsupported filter). These are faults of that one file, so
 # they are caught around the calls into pypdf only, and recorded with their type and message. Errors
-# outside this list (MemoryError, OSError reading the disk) are not the file's fault and propagate.
+# outside this list (OSError reading the disk) are not the file's fault and propagate; a MemoryError
+# is, since each file is read in a process capped at ingest.document_memory_limit_mb (``_read_pdf``).
 MALFORMED_PDF_ERRORS = (
     PyPdfError,
     ValueError,
@@ -101,7 +102,6 @@ COMPATIBILITY_FORMS = re.compile("[\ufb00-\ufb06\uff01-\uff5e]+")  # Latin ligat
 WIDE_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 PARAGRAPH_SEPARATORS = re.compile("\u2029")
 LINE_SEPARATORS = re.compile("[\u2028\x85\x0b\x0c\x1c-\x1e]")
-# C0 and C1 controls but tab, newline and carriage return (handled later); zero-width space, word joiner, BOM
 # TeX's OT1 fonts have no accented letters: pdfTeX draws a spacing accent and then the letter, which
 # extracts as "M¨uller", "Tom´as". The grave accent (also a backtick) only counts after a letter.
 SPACING_ACCENTS = {
@@ -117,6 +117,7 @@ DOTLESS = {"\u0131": "i", "\u0237": "j"}  # TeX puts accents on a dotless i or j
 # private-use code is the font's, not a character (• ▪ ➢ ❖ ✓ ◦ in those fonts; U+F095 is Writer's •)
 FONT_BULLETS = "\uf0b7\uf095\uf0a7\uf0d8\uf076\uf0fc\uf0a8"
 PRIVATE_USE_BULLET = re.compile(f"^([ \\t]*)[{FONT_BULLETS}](?=[ \\t])", re.MULTILINE)
+# C0 and C1 controls but tab, newline and carriage return (handled later); zero-width space, word joiner, BOM
 DROPPED_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]")
 
 
