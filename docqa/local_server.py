@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from docqa.child_processes import die_with_parent
+from docqa.synthesis.serve import free_port, stop
 
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 POLL_S = 0.2
@@ -32,12 +32,6 @@ DRAIN_WAIT_S = 10
 
 class LocalServerError(RuntimeError):
     """The local Prefect server did not start; the message says what to do."""
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(port: int) -> list[str]:
@@ -54,7 +48,7 @@ def server_command(port: int) -> list[str]:
 def local_prefect_server(log_path: Path) -> Iterator[str]:
     """Start the server, wait until it answers, point ``PREFECT_API_URL`` at it; stop it afterwards."""
     timeout_s = float(os.environ.get(STARTUP_TIMEOUT_ENV, "20"))
-    port = _free_port()
+    port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -74,12 +68,7 @@ def local_prefect_server(log_path: Path) -> Iterator[str]:
     finally:
         _drain_prefect_clients()
         os.environ.pop("PREFECT_API_URL", None)
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, STOP_WAIT_S)
 
 
 def _drain_prefect_clients() -> None:

@@ -213,23 +213,13 @@ def write_raw_pdf(path: Path, pages: list[list[Run]], title: str = "Raw test doc
     kids = " ".join(f"{i} 0 R" for i in page_ids)
     assert add(f"<< /Type /Pages /Kids [{kids}] /Count {len(page_ids)} >>".encode()) == pages_id
     info = add(f"<< /Title ({title}) >>".encode())
-    catalog = add(f"<< /Type /Catalog /Pages {pages_id} 0 R >>".encode())
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root {catalog} 0 R /Info {info} 0 R >>\n".encode()
-    out += f"startxref\n{xref}\n%%EOF\n".encode()
-    path.write_bytes(bytes(out))
-    return path
+    add(f"<< /Type /Catalog /Pages {pages_id} 0 R >>".encode())
+    return write_objects_pdf(path, objects, info=info)
 
 
-def write_objects_pdf(path: Path, objects: list[bytes]) -> Path:
-    """A PDF of ``objects`` (numbered from 1 in order, the last one the catalog), with its xref table."""
+def write_objects_pdf(path: Path, objects: list[bytes], info: int | None = None) -> Path:
+    """A PDF of ``objects`` (numbered from 1 in order, the last one the catalog), with its xref table;
+    ``info``: the number of the document information dictionary, if there is one."""
     out, offsets = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"), []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -237,7 +227,8 @@ def write_objects_pdf(path: Path, objects: list[bytes]) -> Path:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root {len(objects)} 0 R >>\n".encode()
+    info_entry = f" /Info {info} 0 R" if info is not None else ""
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root {len(objects)} 0 R{info_entry} >>\n".encode()
     out += f"startxref\n{xref}\n%%EOF\n".encode()
     path.write_bytes(bytes(out))
     return path
