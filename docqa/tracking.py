@@ -74,7 +74,9 @@ WORKSPACE_TAG = "docqa.workspace"
 class Tracker:
     """The MLflow side of one pipeline run."""
 
-    def __init__(self, workspace: Path, experiment: str):
+    def __init__(self, workspace: Path, experiment: str, location: str | None = None):
+        """``workspace``: the local folder (its default MLflow store); ``location``: the workspace as runs
+        are tagged with it (its URL for a remote workspace), the folder by default."""
         self.uri = tracking_uri(workspace)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -88,7 +90,7 @@ class Tracker:
         if (found.tags if found else {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_id: str | None = None
-        self.workspace_location = str(workspace)
+        self.workspace_location = location or str(workspace)
 
     def start_parent(self, name: str, tags: dict[str, str]) -> str:
         tags = {**tags, WORKSPACE_TAG: self.workspace_location}
@@ -101,13 +103,12 @@ class Tracker:
                     **(tags or {})}  # fmt: skip
         return self.client.create_run(self.experiment_id, run_name=stage, tags=all_tags).info.run_id
 
-    def end_dead_runs(self, workspace_location: str, by: str) -> list[str]:
+    def end_dead_runs(self, by: str) -> list[str]:
         """Runs of this workspace still RUNNING, which only a process that died can have left: the
         caller holds the workspace (``docqa.workspace.workspace_lock``), so no live run owns them. They
         are ended as KILLED and tagged with who found them; returns their ids."""
-        self.workspace_location = workspace_location
         running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'")
-        found = [run for run in running if run.data.tags.get(WORKSPACE_TAG) == workspace_location]
+        found = [run for run in running if run.data.tags.get(WORKSPACE_TAG) == self.workspace_location]
         for run in found:
             self.client.set_tag(run.info.run_id, "docqa.killed", f"its process died; ended by run {by}")
             self.client.set_terminated(run.info.run_id, status="KILLED")

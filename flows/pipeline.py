@@ -88,7 +88,7 @@ class PipelineRun:
     def __init__(self, ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
         self.ws = ws
         self.execution = execution
-        self.tracker = Tracker(ws.local, recipe.experiment)
+        self.tracker = Tracker(ws.local, recipe.experiment, location=ws.location)
         if ws.remote and execution.gpu_stages == "deployments" and self.tracker.uri.startswith("sqlite"):
             raise ValueError(
                 f"workspace {ws.location} is shared through a store, but MLflow is a SQLite file on this "
@@ -101,7 +101,7 @@ class PipelineRun:
             workspace=ws.location,
             docs=docs or "(arXiv only)",
         )
-        self.report.stale_runs_killed = self.tracker.end_dead_runs(ws.location, self.report.flow_run_name)
+        self.report.stale_runs_killed = self.tracker.end_dead_runs(self.report.flow_run_name)
         self.report.mlflow_run_id = self.tracker.start_parent(
             self.report.flow_run_name,
             {

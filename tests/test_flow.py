@@ -379,8 +379,7 @@ def test_a_second_run_on_a_held_workspace_is_refused_and_a_dead_runs_mlflow_runs
     with held, pytest.raises(WorkspaceBusy, match="paused-for-review"):
         run_pipeline(corpus, workspace)
     # a run killed with kill -9 leaves its parent and stage runs RUNNING in MLflow
-    dead = Tracker(workspace, "docqa-test")
-    dead.workspace_location = str(workspace.resolve())
+    dead = Tracker(workspace, "docqa-test", location=str(workspace.resolve()))
     parent = dead.start_parent("killed-run", {})
     stage = dead.start_stage("pretrain")
     report = run_pipeline(corpus, workspace, RECIPE.model_copy(update={"evaluate": RECIPE.evaluate.model_copy(
