@@ -156,14 +156,15 @@ class IngestSettings(_Settings):
         600,
         gt=0,
         description="a document still being extracted after this long fails (its process is stopped) and "
-        "the others go on: a hostile PDF can keep an extractor busy for hours. Dense pages take about 8 ms "
-        "each on one core",
+        "the others go on: a hostile PDF can keep an extractor busy for hours. Dense pages took about 13 ms "
+        "each on one core (bench/ingest_large.py)",
     )
     document_memory_limit_mb: int = Field(
         2048,
         ge=256,
         description="address space of each extraction process (Unix); a document that needs more fails "
-        "alone. A 72 KB PDF holding one 70 MB string needs 1.1 GB; 2,000 dense pages need about 120 MB",
+        "alone: a PDF of a few KB can hold a string that takes gigabytes to parse. 2,000 dense pages peaked "
+        "at 162 MB (bench/ingest_large.py)",
     )
 
     def _problems(self) -> list[str]:
