@@ -88,11 +88,28 @@ def split_general_text(texts: list[str], heldout_fraction: float) -> tuple[list[
     return train, heldout
 
 
+GENERAL_ENGLISH_FILE = Path(__file__).parent / "data" / "alice.txt"
+GENERAL_ENGLISH_SOURCE = "Alice's Adventures in Wonderland (Lewis Carroll, 1865), chapters VII-XII, shipped with docqa"
+FIRST_HELDOUT_CHAPTER = "CHAPTER VII"
+
+
+def general_english_split() -> tuple[list[str], list[str]]:
+    """docqa's general English text, outside any technical domain, as (replayed, held out): *Alice's
+    Adventures in Wonderland*, chapters I-VI and VII-XII, one text per chapter (``docqa/data/SOURCE.md``).
+
+    ``pretrain.general_mix_ratio`` replays the first part by default; the forgetting reference is the
+    second, so it is never trained on."""
+    text = GENERAL_ENGLISH_FILE.read_text(encoding="utf-8")
+    chapters = [f"CHAPTER {part}".strip() for part in text.split("CHAPTER ")[1:]]
+    cut = next(i for i, chapter in enumerate(chapters) if chapter.startswith(FIRST_HELDOUT_CHAPTER + "\n"))
+    return chapters[:cut], chapters[cut:]
+
+
 def general_text_split(settings: BootstrapSettings) -> tuple[list[str], list[str]]:
     """The standard library's docstrings split as the bootstrap base splits them: (train, held out).
 
-    Mixing into pretraining draws on the first part only and the forgetting reference is the second,
-    whatever the base, so that the reference is never trained on."""
+    The bootstrap base trains on the first part and keeps the second beside it as its forgetting
+    reference (``general_heldout.txt``)."""
     return split_general_text(stdlib_docstrings(settings.general_text_chars), settings.heldout_fraction)
 
 

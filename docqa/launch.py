@@ -89,9 +89,11 @@ def _run(payload: dict[str, Any]) -> TrainOutput:
         from docqa.stages.pretrain import pretrain
 
         settings = PretrainSettings.model_validate(args["settings"])
+        augmented = Path(args["augmented_path"]) if args.get("augmented_path") else None
         return pretrain(
-            Path(args["chunks_path"]), base, model, settings, Path(args["out_root"]), on_log, checkpoints
-        )
+            Path(args["chunks_path"]), base, model, settings, Path(args["out_root"]), on_log, checkpoints,
+            augmented,
+        )  # fmt: skip
     from docqa.stages.sft import sft
 
     settings = SFTSettings.model_validate(args["settings"])

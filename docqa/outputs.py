@@ -161,6 +161,40 @@ class SynthesizeOutput(StageOutput):
         )
 
 
+# --- augment ----------------------------------------------------------------------------------------
+
+AUGMENT_TEXTS_FILE = "texts.parquet"
+
+
+class AugmentOutput(StageOutput):
+    """Counts of one augmentation; ``texts.parquet`` in ``path`` holds the texts, ``summary.json`` the
+    rest (failure reasons, the store key, the makers' identity)."""
+
+    texts_digest: str  # of the texts alone: what pretraining depends on
+    chunks: int  # pretrained chunks rewritten
+    rewrites_planned: int
+    rewrites_made: int
+    rewrites_failed: int  # no reply from the LLM; retried next run
+    rewrites_empty: int  # the kind found nothing to say (rules) or the reply was empty
+    rewrites_contaminated: int  # removed: they carried a held-out question or its answer's wording
+    rewrites_kept: int
+    qa_texts: int  # SFT pairs written as text (mix_qa)
+    kept_by_kind: dict[str, int]
+    requests: int  # LLM requests made in this call
+
+    @property
+    def cache_digest(self) -> str:
+        return self.texts_digest
+
+    @property
+    def complete(self) -> bool:
+        return self.rewrites_failed == 0
+
+
+AUGMENT_COUNTS = {"chunks", "rewrites_planned", "rewrites_made", "rewrites_failed", "rewrites_empty",
+                  "rewrites_contaminated", "rewrites_kept", "qa_texts"}  # fmt: skip
+
+
 QA_SPLITS = ("train", "knowledge", "eval")  # SFT pairs; knowledge questions; control questions
 
 

@@ -11,7 +11,10 @@ import pandas as pd
 
 from docqa.figures import metric_values, stage_figures
 from docqa.outputs import (
+    AUGMENT_COUNTS,
+    AUGMENT_TEXTS_FILE,
     LOG_HISTORY_FILE,
+    AugmentOutput,
     ChunkOutput,
     EvalOutput,
     SynthesizeOutput,
@@ -174,6 +177,39 @@ class StageRecorder:
         for name in SYNTHESIS_ARTIFACTS:
             if (folder / name).is_file():
                 self.tracker.log_artifact(run_id, folder / name, "synthesis")
+        return figures
+
+    def _augment(self, run_id: str, output: AugmentOutput, cached: bool) -> dict[str, Any]:
+        requests = 0 if cached else output.requests
+        self.report.counts.update(
+            augment_rewrites=output.rewrites_kept,
+            augment_rewrites_contaminated=output.rewrites_contaminated,
+            augment_qa_texts=output.qa_texts,
+        )
+        self.report.outputs["augment"] = output.path
+        self.report.contamination["rewrites_checked"] = output.rewrites_made
+        self.report.contamination["rewrites_removed"] = output.rewrites_contaminated
+        figures = {
+            "rewrites": output.rewrites_kept,
+            "qa_texts": output.qa_texts,
+            "failed": output.rewrites_failed,
+            "empty": output.rewrites_empty,
+            "contaminated": output.rewrites_contaminated,
+            "requests": requests,
+        }
+        metrics = {
+            **output.model_dump(include=AUGMENT_COUNTS),
+            **{f"kept_{kind}": n for kind, n in output.kept_by_kind.items()},
+            "requests": requests,
+        }
+        self.tracker.log_metrics(run_id, metrics)
+        folder = Path(output.path)
+        file = folder / AUGMENT_TEXTS_FILE
+        frame = pd.read_parquet(file)
+        for target in (run_id, self.report.mlflow_run_id):
+            self.tracker.log_dataset(target, frame, "augmented", output.texts_digest, file, "pretraining")
+        for name in ("chunk_accounting.jsonl", "contamination.json", "summary.json"):
+            self.tracker.log_artifact(run_id, folder / name, "augment")
         return figures
 
     def _train(self, stage: str, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:

@@ -349,6 +349,50 @@ class SynthesizeSettings(_Settings):
         return problems
 
 
+AUGMENT_KINDS = ("shuffled", "facts", "entities", "rephrased", "explained")
+LLM_ONLY_KINDS = ("explained",)
+
+
+class AugmentSettings(_Settings):
+    """Knowledge augmentation: each pretrained chunk rewritten in diverse forms, and the SFT pairs written
+    out as text, so that pretraining sees every fact more than once and in more than one phrasing."""
+
+    kinds: list[Literal["shuffled", "facts", "entities", "rephrased", "explained"]] = Field(
+        default_factory=list,
+        description="rewrite kinds, taken in turn for each chunk's versions: shuffled (sentences in a new "
+        "order), facts (one statement per line), entities (notes per term), rephrased (reworded), "
+        "explained (LLM only: the passage explained to a newcomer); empty: no rewrites",
+    )
+    versions_per_chunk: int = Field(
+        0, ge=0, le=32, description="rewrites made per pretrained chunk, kinds taken in turn; 0: none"
+    )
+    backend: Literal["rules", "synthesis"] = Field(
+        "rules",
+        description="rules: offline, from the chunk's own sentences (no LLM); synthesis: the synthesize "
+        "section's LLM (openai or transformers) with one prompt per kind (shuffled stays a rule)",
+    )
+    mix_qa: bool = Field(
+        False,
+        description="write the SFT pairs (never a knowledge or control pair) into pretraining as "
+        "'Question: … Answer: …' text: Allen-Zhu & Li's mixed training",
+    )
+    seed: int = Field(0, description="seeds the shuffles and the rewording choices")
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if self.versions_per_chunk and not self.kinds:
+            problems.append("versions_per_chunk needs kinds (e.g. [shuffled, facts, entities, rephrased])")
+        if self.kinds and not self.versions_per_chunk:
+            problems.append("kinds need versions_per_chunk of at least 1")
+        if self.backend == "rules":
+            llm_only = sorted(set(self.kinds) & set(LLM_ONLY_KINDS))
+            if llm_only:
+                problems.append(
+                    f"kinds {llm_only} need backend synthesis (an LLM); the rules cannot write them"
+                )
+        return problems
+
+
 class LoraSettings(_Settings):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -417,8 +461,8 @@ class PretrainSettings(TrainSettings):
     )
     general_text: str | None = Field(
         None,
-        description="UTF-8 text file to mix in; empty: the training part of the standard library's "
-        "docstrings (the forgetting reference is their held-out part)",
+        description="UTF-8 text file to mix in; empty: chapters I-VI of Alice's Adventures in Wonderland, "
+        "shipped with docqa (the forgetting reference is chapters VII-XII)",
     )
 
 
@@ -472,7 +516,7 @@ class EvaluateSettings(_Settings):
     general_text: str | None = Field(
         None,
         description="a UTF-8 text file of general, non-domain text; empty: the base's general_heldout.txt "
-        "(bootstrap bases) or the standard library's docstrings (works offline)",
+        "(bootstrap bases), else chapters VII-XII of Alice's Adventures in Wonderland (shipped, offline)",
     )
     max_general_tokens: int = Field(20_000, ge=64, description="cap on general-text tokens scored")
     max_forgetting_ratio: float = Field(
@@ -564,6 +608,7 @@ class Recipe(_Settings):
     chunk: ChunkSettings = ChunkSettings()
     split: SplitSettings = SplitSettings(knowledge_fraction=0.35)
     synthesize: SynthesizeSettings = SynthesizeSettings()
+    augment: AugmentSettings = AugmentSettings()
     # no LoRA dropout: it costs a tenth of the step time on a CPU, and a few epochs over a small corpus
     # are meant to store its facts, not to generalise past them
     pretrain: PretrainSettings = PretrainSettings(
@@ -618,12 +663,14 @@ class Recipe(_Settings):
                 "pretrain.general_text is evaluate.general_text: "
                 "the forgetting reference must not be trained on"
             )
+        if self.augment.backend == "synthesis" and self.synthesize.backend == "extractive":
+            problems.append("augment.backend synthesis needs synthesize.backend openai or transformers")
         if self.evaluate.llm_judge and self.synthesize.backend == "extractive":
             problems.append("evaluate.llm_judge needs synthesize.backend openai or transformers (the judge)")
         return problems
 
 
-STAGES = ("ingest", "chunk", "synthesize", "pretrain", "sft", "evaluate")
+STAGES = ("ingest", "chunk", "synthesize", "augment", "pretrain", "sft", "evaluate")
 # the recipe sections the pipeline flow takes as parameters (besides its name and experiment)
 FLOW_SECTIONS = ("model", "source", "split", *STAGES, "registry")
 RECIPES_DIR = Path(__file__).parent / "recipes"

@@ -34,6 +34,7 @@ from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
 from docqa.secrets import redact
 from docqa.settings import (
+    AugmentSettings,
     ChunkSettings,
     EvaluateSettings,
     ExecutionSettings,
@@ -55,6 +56,7 @@ from docqa.workspace import StageOutput, Workspace, workspace_lock
 from flows.stages import GPU_STAGES, OUTPUT_TYPES, stage_result_name
 from tasks.caching import run_cached
 from tasks.stages import (
+    augment_task,
     base_model_task,
     chunk_task,
     evaluate_task,
@@ -256,6 +258,7 @@ def docqa_pipeline(
     chunk: ChunkSettings = DEFAULTS.chunk,
     split: SplitSettings = DEFAULTS.split,
     synthesize: SynthesizeSettings = DEFAULTS.synthesize,
+    augment: AugmentSettings = DEFAULTS.augment,
     pretrain: PretrainSettings = DEFAULTS.pretrain,
     sft: SFTSettings = DEFAULTS.sft,
     evaluate: EvaluateSettings = DEFAULTS.evaluate,
@@ -279,6 +282,7 @@ def docqa_pipeline(
         chunk: token-sized chunks
         split: which documents are held out for evaluation
         synthesize: the Q&A synthesis backend and its quality filters
+        augment: knowledge augmentation: rewrites of each chunk, and the SFT pairs as text, for pretraining
         pretrain: domain-adaptive pretraining (QLoRA)
         sft: supervised fine-tuning on the Q&A (QLoRA, stacked on the pretraining adapter)
         evaluate: held-out evaluation and the forgetting gate
@@ -294,6 +298,7 @@ def docqa_pipeline(
         chunk=chunk,
         split=split,
         synthesize=synthesize,
+        augment=augment,
         pretrain=pretrain,
         sft=sft,
         evaluate=evaluate,
@@ -363,11 +368,16 @@ def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) 
     qa = run.stage("synthesize", synthesize_task, chunks=chunks, workspace=ws, settings=recipe.synthesize)
     if recipe.synthesize.review:
         run.review_dataset(qa, recipe.synthesize)
+    augmented = run.stage(
+        "augment", augment_task, chunks=chunks, qa=qa, workspace=ws, settings=recipe.augment,
+        synthesize=recipe.synthesize,
+    )  # fmt: skip
     pretrained = run.stage(
         "pretrain",
         pretrain_task,
         live_metrics=True,
         chunks=chunks,
+        augmented=augmented,
         base=base,
         model=recipe.model,
         settings=recipe.pretrain,

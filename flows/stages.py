@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from docqa.outputs import BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
+from docqa.outputs import AugmentOutput, BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
 from docqa.settings import EvaluateSettings, ModelSettings, PretrainSettings, SFTSettings, SynthesizeSettings
 from docqa.workspace import StageOutput, Workspace
 from tasks.caching import run_cached
@@ -50,6 +50,7 @@ def _run(stage: str, task, kwargs: dict[str, Any]) -> dict[str, Any]:
 @flow(name="docqa-pretrain", description="Domain-adaptive QLoRA pretraining (a GPU stage of docqa-pipeline)")
 def pretrain_stage(
     chunks: ChunkOutput,
+    augmented: AugmentOutput | None,
     base: BaseModelRef,
     model: ModelSettings,
     settings: PretrainSettings,

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from docqa.hashing import FileFingerprint
 from docqa.outputs import (
+    AugmentOutput,
     BaseModelRef,
     ChunkOutput,
     EvalOutput,
@@ -21,6 +22,7 @@ from docqa.outputs import (
     TrainOutput,
 )
 from docqa.settings import (
+    AugmentSettings,
     ChunkSettings,
     EvaluateSettings,
     IngestSettings,
@@ -117,10 +119,33 @@ def synthesize_task(chunks: ChunkOutput, workspace: str, settings: SynthesizeSet
 
 
 @task(
-    name="pretrain", cache_policy=content_policy("docqa.stages.pretrain", *TRAINING_CODE), persist_result=True
+    name="augment",
+    cache_policy=content_policy("docqa.stages.augment", "docqa.augmentation", "docqa.synthesis"),
+    persist_result=True,
+)
+def augment_task(
+    chunks: ChunkOutput,
+    qa: SynthesizeOutput,
+    workspace: str,
+    settings: AugmentSettings,
+    synthesize: SynthesizeSettings,
+) -> AugmentOutput:
+    """Rewrites of every pretrained chunk (and the SFT pairs as text) for pretraining; stored per chunk."""
+    from docqa.stages.augment import augment
+
+    root = Path(workspace) / "augment"
+    with forward_logs():
+        return augment(Path(chunks.path), Path(qa.path), root, root / "store", settings, synthesize)
+
+
+@task(
+    name="pretrain",
+    cache_policy=content_policy("docqa.stages.pretrain", "docqa.stages.augment", *TRAINING_CODE),
+    persist_result=True,
 )
 def pretrain_task(
     chunks: ChunkOutput,
+    augmented: AugmentOutput | None,
     base: BaseModelRef,
     model: ModelSettings,
     settings: PretrainSettings,
@@ -129,23 +154,28 @@ def pretrain_task(
     mlflow_run_id: str | None = None,
     mixed_in_digest: str | None = None,
 ) -> TrainOutput:
-    """QLoRA domain-adaptive pretraining on the training documents' chunks.
+    """QLoRA domain-adaptive pretraining on the training documents' chunks and their augmentation.
 
     ``mixed_in_digest``: of the general-text file mixed in, so that a changed file trains again."""
     root = Path(workspace) / "pretrain"
-    checkpoints = checkpoint_dir(root, settings, chunks=chunks, base=base, model=model)
+    checkpoints = checkpoint_dir(root, settings, chunks=chunks, augmented=augmented, base=base, model=model)
+    augmented_path = augmented.path if augmented is not None else None
     if settings.num_processes > 1:
         from docqa.launch import train_distributed
 
-        args = {"chunks_path": chunks.path, "base": base, "model_settings": model, "settings": settings,
-                "out_root": str(root), "checkpoint_dir": str(checkpoints)}  # fmt: skip
+        args = {"chunks_path": chunks.path, "augmented_path": augmented_path, "base": base,
+                "model_settings": model, "settings": settings, "out_root": str(root),
+                "checkpoint_dir": str(checkpoints)}  # fmt: skip
         return train_distributed("pretrain", args, settings, root, mlflow_uri, mlflow_run_id)
     from docqa.stages.pretrain import pretrain
     from docqa.tracking import step_logger
 
     on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
     with forward_logs():
-        return pretrain(Path(chunks.path), base, model, settings, root, on_log, checkpoints)
+        return pretrain(
+            Path(chunks.path), base, model, settings, root, on_log, checkpoints,
+            Path(augmented_path) if augmented_path else None,
+        )  # fmt: skip
 
 
 @task(

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_BOOTSTRAP, tiny_recipe
 from datasets import Dataset
 
-from docqa.bootstrap import general_text_split
+from docqa.bootstrap import general_english_split
 from docqa.modeling import load_tokenizer
 from docqa.outputs import BaseModelRef
 from docqa.settings import SettingsError, load_recipe
@@ -34,14 +34,15 @@ def test_general_blocks_make_up_the_configured_share(tiny_base, tmp_path):
 
 
 def test_default_mixed_text_is_disjoint_from_the_forgetting_reference():
-    train, heldout = general_text_split(TINY_BOOTSTRAP)
-    assert train and heldout and not set(train) & set(heldout)
+    train, heldout = general_english_split()
+    assert len(train) == 6 and len(heldout) == 6  # chapters I-VI replayed, VII-XII held out
+    assert not set(train) & set(heldout) and all("Alice" in chapter for chapter in train + heldout)
     recipe = tiny_recipe()
     hub = BaseModelRef(path="some/hub-model", digest="x", tokenizer_digest="x", source="hub")
     reference, source = general_text(
         recipe.evaluate, hub, recipe.model
     )  # no held-out file beside a hub model
-    assert reference == heldout and "held-out" in source
+    assert reference == heldout and "Alice" in source
 
 
 def _alpaca_rows(n: int) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Domain-adaptive causal-LM pretraining: QLoRA on the training documents' chunks, packed into blocks."""
+"""Domain-adaptive causal-LM pretraining: QLoRA on the training documents' chunks and their augmentation
+(rewrites, and the SFT pairs as text: ``docqa.stages.augment``), packed into blocks."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from datasets import Dataset, concatenate_datasets
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from docqa.bootstrap import general_text_split
+from docqa.bootstrap import general_english_split
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
 from docqa.split import PRETRAIN_SIDES
+from docqa.stages.augment import read_augmented
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
@@ -48,7 +50,7 @@ def general_blocks(
             raise FileNotFoundError(f"pretrain.general_text {path} is not a file; give a UTF-8 text file")
         texts = [path.read_text(encoding="utf-8")]
     else:
-        texts = general_text_split(model_settings.bootstrap)[0]
+        texts = general_english_split()[0]
     blocks = pack_blocks(texts, tokenizer, settings.block_size).shuffle(seed=settings.seed)
     wanted = round(domain_blocks * ratio / (1 - ratio))
     return blocks.select(range(min(wanted, len(blocks))))
@@ -71,14 +73,19 @@ def pretrain(
     out_root: Path,
     on_log: StepLogger | None = None,
     checkpoint_dir: Path | None = None,
+    augmented_path: Path | None = None,
 ) -> TrainOutput:
     """Train the ``pretrain`` LoRA adapter on the 4-bit base; returns where it was saved.
+
+    ``augmented_path``: an augmentation folder whose texts are read beside the chunks (each text, like
+    each chunk, ends with eos before the stream is cut into blocks).
 
     Checkpoints go to ``checkpoint_dir`` every ``save_steps``; a later call with the same folder goes on
     from the last complete one, and the folder is removed once the adapter is published."""
     tokenizer = load_tokenizer(base.path, model_settings.revision)
+    augmented = read_augmented(augmented_path)
     train_blocks = pack_blocks(
-        list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]), tokenizer, settings.block_size
+        list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]) + augmented, tokenizer, settings.block_size
     )
     if not len(train_blocks):
         raise ValueError(
@@ -108,6 +115,7 @@ def pretrain(
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_blocks": len(train_blocks),
+        "augmented_texts": len(augmented),
         "general_blocks": len(mixed_in),  # of train_blocks: mixed-in general text
         "train_tokens": len(train_blocks) * settings.block_size,
         **run.metrics(),

@@ -186,3 +186,77 @@ def contamination_report(result: ContaminationResult, max_examples: int | None =
         "removed_indices": list(result.removed_indices),
         "examples": [dict(example) for example in examples],
     }
+
+
+class RewriteCheck(BaseModel):
+    """What :func:`contaminated_rewrites` found; ``removed_indices`` index the rewrites as given."""
+
+    n: int
+    checked: int
+    held_out_pairs: int
+    removed_indices: list[int]
+    by_split: dict[str, int]  # removed rewrites per held-out split they echo
+    examples: list[dict]
+
+
+def contaminated_rewrites(
+    rewrites: Sequence[tuple[str, str, str]],
+    held_out: Sequence[tuple[str, str, str]],
+    n: int,
+    max_examples: int = 20,
+) -> RewriteCheck:
+    """The rewrites that carry a held-out pair's wording that their own source chunk does not.
+
+    ``rewrites`` are ``(label, text, source chunk text)``; ``held_out`` are ``(split, question, answer)``
+    (knowledge and control pairs). A rewrite is contaminated when it shares a word n-gram with a held-out
+    question or answer that its source chunk does not hold, or holds a held-out question of
+    :data:`MIN_VERBATIM_WORDS` to ``n - 1`` words whole where its source does not. The source's own
+    wording is the document's, which pretraining reads anyway; what a rewrite must never add is the
+    question, or an answer's wording, that the evaluation asks about.
+    """
+    if n < 1:
+        raise ValueError(f"the decontamination n-gram length must be at least 1, got {n}")
+    index: dict[tuple[str, ...], tuple[str, str, str]] = {}
+    for split, question, answer in held_out:
+        for field, text in (("question", question), ("answer", answer)):
+            tokens = words(text)
+            grams = list(_ngrams(tokens, n))
+            if field == "question" and MIN_VERBATIM_WORDS <= len(tokens) < n:
+                grams.append(tuple(tokens))
+            for gram in grams:
+                index.setdefault(gram, (split, field, question))
+    lengths = {len(gram) for gram in index}
+    removed: list[int] = []
+    examples: list[dict] = []
+    by_split: dict[str, int] = {}
+    for position, (label, text, source) in enumerate(rewrites):
+        tokens, source_tokens = words(text), words(source)
+        hit = None
+        for length in sorted(lengths):
+            new = set(_ngrams(tokens, length)) - set(_ngrams(source_tokens, length))
+            hit = next((gram for gram in new if gram in index), None)
+            if hit is not None:
+                break
+        if hit is None:
+            continue
+        split, field, question = index[hit]
+        removed.append(position)
+        by_split[split] = by_split.get(split, 0) + 1
+        if len(examples) < max_examples:
+            examples.append(
+                {
+                    "rewrite": label,
+                    "split": split,
+                    "field": field,
+                    "question": question,
+                    "ngram": " ".join(hit),
+                }
+            )
+    return RewriteCheck(
+        n=n,
+        checked=len(rewrites),
+        held_out_pairs=len(held_out),
+        removed_indices=removed,
+        by_split=by_split,
+        examples=examples,
+    )

@@ -51,7 +51,7 @@ _VAGUE_WORDS = {
     "i", "such", "above", "below", "following", "former", "latter", "here", "there", "which", "what",
     "who", "whose", "same", "said", "previous",
 }  # fmt: skip
-_BAD_FIRST_WORDS = _VAGUE_WORDS | {
+BAD_FIRST_WORDS = _VAGUE_WORDS | {
     "in", "on", "at", "for", "with", "by", "from", "to", "of", "as", "when", "if", "while", "since",
     "because", "although", "though", "unless", "after", "before", "during", "however", "thus", "hence",
     "therefore", "also", "so", "but", "and", "or", "then", "otherwise", "note", "see", "usually",
@@ -358,7 +358,7 @@ def question_subject(subject: str, text: str) -> str | None:
     """The subject as it reads inside a question, or None when it is vague, too long or not a noun phrase."""
     words = subject.split()
     lowered = [word.strip("\"“”‘’'").lower() for word in words]
-    if not words or len(words) > MAX_SUBJECT_WORDS or lowered[0] in _BAD_FIRST_WORDS:
+    if not words or len(words) > MAX_SUBJECT_WORDS or lowered[0] in BAD_FIRST_WORDS:
         return None
     if any(mark in subject for mark in ",;:"):
         return None  # "Note, adding …": an aside, not a noun phrase
@@ -417,7 +417,7 @@ def _signature_called(statement: str, term: str | None, text: str) -> _Found:
 def _signature_does(statement: str, term: str | None, text: str) -> _Found:
     """ "str.lower()" / "Return a copy of …": a description opening with an imperative verb."""
     first = statement.split(" ", 1)[0]
-    if first.lower() in _BAD_FIRST_WORDS | _DETERMINERS | _VERB_WORDS or first.endswith(_NOT_IMPERATIVE):
+    if first.lower() in BAD_FIRST_WORDS | _DETERMINERS | _VERB_WORDS or first.endswith(_NOT_IMPERATIVE):
         return None
     return 1, "signature_does", f"What does {term} do?"
 
