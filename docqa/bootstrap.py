@@ -89,7 +89,9 @@ def split_general_text(texts: list[str], heldout_fraction: float) -> tuple[list[
 
 
 GENERAL_ENGLISH_FILE = Path(__file__).parent / "data" / "alice.txt"
-GENERAL_ENGLISH_SOURCE = "Alice's Adventures in Wonderland (Lewis Carroll, 1865), chapters VII-XII, shipped with docqa"
+GENERAL_ENGLISH_SOURCE = (
+    "Alice's Adventures in Wonderland (Lewis Carroll, 1865), chapters VII-XII, shipped with docqa"
+)
 FIRST_HELDOUT_CHAPTER = "CHAPTER VII"
 
 

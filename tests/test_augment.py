@@ -1,7 +1,7 @@
-"""Knowledge augmentation: the offline rewrites say only what their chunk says, rewrites never carry a held-out
-question, every planned rewrite is accounted for, the store serves what was made, and the LLM path (a real
-HTTP server standing in for an OpenAI-compatible one) keeps failures to retry and removes echoes of the
-evaluation's questions."""
+"""Knowledge augmentation: the offline rewrites say only what their chunk says, rewrites never carry a
+held-out question, every planned rewrite is accounted for, the store serves what was made, and the LLM
+path (a real HTTP server standing in for an OpenAI-compatible one) keeps failures to retry and removes
+echoes of the evaluation's questions."""
 
 from __future__ import annotations
 
@@ -89,8 +89,10 @@ def test_settings_refuse_kinds_the_rules_cannot_write_and_half_set_options() -> 
         AugmentSettings(kinds=["explained"], versions_per_chunk=1)
     with pytest.raises(ValueError, match="needs kinds"):
         AugmentSettings(versions_per_chunk=2)
-    with pytest.raises(SettingsError, match="needs synthesize.backend"):
-        load_recipe(None, ["augment.backend=synthesis", "augment.kinds=[facts]", "augment.versions_per_chunk=1"])
+    with pytest.raises(SettingsError, match=r"needs synthesize\.backend"):
+        load_recipe(
+            None, ["augment.backend=synthesis", "augment.kinds=[facts]", "augment.versions_per_chunk=1"]
+        )
     assert [kind for _, kind in planned(ALL_RULES.model_copy(update={"versions_per_chunk": 6}))] == [
         "shuffled", "facts", "entities", "rephrased", "shuffled", "facts",
     ]  # fmt: skip
@@ -107,11 +109,12 @@ def test_the_default_recipe_augments_and_mixes_the_sft_pairs_in() -> None:
 def test_a_rewrite_that_adds_a_held_out_question_or_answer_wording_is_removed() -> None:
     source = "A watershed is the area of land that drains rain water into one river or lake."
     knowledge = ("knowledge", "What is the area of land that drains into one river called?", source)
-    control = ("eval", "What does a delta form at?", "A delta forms where a river meets the sea and slows down.")
+    delta = "A delta forms where a river meets the sea and slows down."
+    control = ("eval", "What does a delta form at?", delta)
     rewrites = [
         ("quotes-its-chunk", f"Facts:\n- {source}", source),
-        ("asks-the-question", "What is the area of land that drains into one river called? A watershed.", source),
-        ("echoes-control", "Unlike a watershed, a delta forms where a river meets the sea and slows down.", source),
+        ("asks-the-question", f"{knowledge[1]} A watershed.", source),
+        ("echoes-control", f"Unlike a watershed: {delta}", source),
         ("short-question", "Notes. What does a delta form at? Never mind.", source),
     ]
     check = contaminated_rewrites(rewrites, [knowledge, control], n=8)
@@ -141,7 +144,7 @@ def test_augment_accounts_for_every_planned_rewrite_and_never_mixes_held_out_pai
 ) -> None:
     chunks_dir, qa_dir, rows = synthesized(tmp_path, checkers)
     settings = ALL_RULES.model_copy(update={"mix_qa": True})
-    output = augment(chunks_dir, qa_dir, tmp_path / "augment", tmp_path / "store", settings, SynthesizeSettings())
+    output = augment(chunks_dir, qa_dir, tmp_path / "a", tmp_path / "s", settings, SynthesizeSettings())
     pretrained = [r for r in rows if r["split"] in ("train", "knowledge")]
     accounting = read_jsonl(Path(output.path) / "chunk_accounting.jsonl")
     assert sorted(a["chunk_id"] for a in accounting) == sorted(r["chunk_id"] for r in pretrained)
@@ -155,14 +158,17 @@ def test_augment_accounts_for_every_planned_rewrite_and_never_mixes_held_out_pai
     train = pd.read_parquet(qa_file(qa_dir, "train"))
     qa_texts = texts.loc[texts["source"] == "qa", "text"]
     assert output.qa_texts == len(train) == len(qa_texts)
-    assert set(qa_texts) == {f"Question: {q}\nAnswer: {a}" for q, a in zip(train.question, train.answer)}
+    assert set(qa_texts) == {
+        f"Question: {q}\nAnswer: {a}" for q, a in zip(train.question, train.answer, strict=True)
+    }
     held_out = pd.concat([pd.read_parquet(qa_file(qa_dir, s)) for s in ("knowledge", "eval")])
     assert len(held_out) and not any(q in text for q in held_out.question for text in texts["text"])
 
 
 def test_augment_without_rewrites_or_mixing_adds_nothing(tmp_path: Path, checkers) -> None:
     chunks_dir, qa_dir, _ = synthesized(tmp_path, checkers)
-    output = augment(chunks_dir, qa_dir, tmp_path / "a", tmp_path / "s", AugmentSettings(), SynthesizeSettings())
+    nothing = AugmentSettings()
+    output = augment(chunks_dir, qa_dir, tmp_path / "a", tmp_path / "s", nothing, SynthesizeSettings())
     assert (output.rewrites_planned, output.qa_texts) == (0, 0)
     assert pd.read_parquet(Path(output.path) / AUGMENT_TEXTS_FILE).empty
 
@@ -189,7 +195,8 @@ def test_llm_rewrites_are_stored_failures_retried_and_echoed_questions_removed(
             return 200, chat_response(f"{leaked_question} Everyone asks it.")  # a rewrite that leaks
         return rewriting_responder(body)
 
-    settings = AugmentSettings(backend="synthesis", kinds=["shuffled", "facts", "rephrased"], versions_per_chunk=3)
+    kinds = ["shuffled", "facts", "rephrased"]
+    settings = AugmentSettings(backend="synthesis", kinds=kinds, versions_per_chunk=3)
     with StubServer(flaky) as server:
         synth = openai_settings(server.base_url)
         first = augment(chunks_dir, qa_dir, tmp_path / "a", tmp_path / "s", settings, synth)
@@ -200,9 +207,8 @@ def test_llm_rewrites_are_stored_failures_retried_and_echoed_questions_removed(
         texts = pd.read_parquet(Path(first.path) / AUGMENT_TEXTS_FILE)
         assert not texts["text"].str.contains(leaked_question, regex=False).any()
         assert not texts["text"].str.startswith("Here is").any()  # the preamble is dropped
-        assert set(texts["backend"]) == {"rules", "llm"} and set(texts.loc[texts.backend == "llm", "model"]) == {
-            "stub-model"
-        }
+        assert set(texts["backend"]) == {"rules", "llm"}
+        assert set(texts.loc[texts.backend == "llm", "model"]) == {"stub-model"}
 
         served = len(server.requests)
         server.responder = rewriting_responder

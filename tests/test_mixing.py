@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_BOOTSTRAP, tiny_recipe
+from conftest import tiny_recipe
 from datasets import Dataset
 
 from docqa.bootstrap import general_english_split

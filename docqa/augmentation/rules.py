@@ -143,7 +143,7 @@ def terms(sentences: list[str]) -> list[str]:
             found.setdefault(subject["term"].casefold(), subject["term"])
         for quoted in _QUOTED.finditer(sentence):  # a quoted name may be any word ("with", "if")
             found.setdefault(quoted.group(1).casefold(), quoted.group(1))
-    return [term for term in found.values() if len(term) >= MIN_TERM_CHARS and len(term.split()) <= MAX_TERM_WORDS]
+    return [t for t in found.values() if len(t) >= MIN_TERM_CHARS and len(t.split()) <= MAX_TERM_WORDS]
 
 
 def _with_term(sentence: str, term: str | None) -> str:
