@@ -31,6 +31,15 @@ def sft_example(tokenizer, question: str, answer: str, settings: ModelSettings) 
     }
 
 
+def qa_text(tokenizer, question: str, answer: str, settings: ModelSettings) -> str:
+    """A whole Q&A example as one text, exactly as SFT presents it (the chat template's turns, or the
+    prompt template and the answer): how mixed training writes the SFT pairs into pretraining."""
+    if uses_chat_template(tokenizer):
+        turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(turns, tokenize=False)
+    return settings.prompt_template.format(question=question) + answer
+
+
 def generation_prompt(tokenizer, question: str, settings: ModelSettings) -> str:
     """The text a model continues to answer ``question``, exactly as SFT presented it."""
     if uses_chat_template(tokenizer):

@@ -140,7 +140,9 @@ def augment_task(
 
 @task(
     name="pretrain",
-    cache_policy=content_policy("docqa.stages.pretrain", "docqa.stages.augment", *TRAINING_CODE),
+    cache_policy=content_policy(
+        "docqa.stages.pretrain", "docqa.stages.augment", "docqa.prompting", *TRAINING_CODE
+    ),
     persist_result=True,
 )
 def pretrain_task(

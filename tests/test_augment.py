@@ -215,3 +215,33 @@ def test_llm_rewrites_are_stored_failures_retried_and_echoed_questions_removed(
         second = augment(chunks_dir, qa_dir, tmp_path / "a", tmp_path / "s", settings, synth)
     assert second.requests == 2 and len(server.requests) == served + 2  # only the failed ones again
     assert second.complete and second.rewrites_failed == 0
+
+
+# --- pretraining reads them ---------------------------------------------------------------------
+
+
+def test_pretraining_reads_the_rewrites_and_the_sft_pairs_as_sft_shows_them(
+    prepared, tiny_base, tmp_path: Path
+) -> None:
+    from docqa.modeling import load_tokenizer
+    from docqa.prompting import generation_prompt
+    from docqa.stages.augment import read_augmented
+    from docqa.stages.pretrain import pretrain
+
+    recipe, chunks, qa = prepared["recipe"], Path(prepared["chunks"].path), Path(prepared["qa"].path)
+    settings = AugmentSettings(kinds=["facts", "entities"], versions_per_chunk=2, mix_qa=True)
+    output = augment(chunks, qa, tmp_path / "a", tmp_path / "s", settings, recipe.synthesize)
+    tokenizer = load_tokenizer(tiny_base.path)
+    texts = read_augmented(output.path, tokenizer, recipe.model)
+    assert len(texts) == output.rewrites_kept + output.qa_texts and output.qa_texts > 0
+    pair = pd.read_parquet(qa_file(qa, "train")).iloc[0]
+    prompt = generation_prompt(tokenizer, pair.question, recipe.model)  # what evaluation asks with
+    assert sum(text.startswith(prompt + pair.answer) for text in texts) == 1
+
+    fast = recipe.pretrain.model_copy(update={"max_steps": 2, "eval_steps": 100})
+    plain = pretrain(chunks, tiny_base, recipe.model, fast, tmp_path / "plain")
+    augmented = pretrain(
+        chunks, tiny_base, recipe.model, fast, tmp_path / "aug", augmented_path=Path(output.path)
+    )
+    assert augmented.train_tokens > 2 * plain.train_tokens  # two rewrites a chunk, and the pairs
+    assert Path(augmented.adapter_path, "adapter_model.safetensors").is_file()

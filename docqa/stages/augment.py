@@ -24,7 +24,8 @@ from docqa.augmentation.rules import RULES_VERSION, rewrite
 from docqa.hashing import json_digest, rows_digest
 from docqa.outputs import AUGMENT_TEXTS_FILE, AugmentOutput, chunks_file, qa_file
 from docqa.progress import Progress
-from docqa.settings import AugmentSettings, SynthesizeSettings
+from docqa.prompting import qa_text
+from docqa.settings import AugmentSettings, ModelSettings, SynthesizeSettings
 from docqa.split import PRETRAIN_SIDES
 from docqa.synthesis import ChatClient, make_chat_client
 from docqa.synthesis.contamination import contaminated_rewrites
@@ -32,8 +33,8 @@ from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atom
 
 ID_CHARS = 16
 RULE_ONLY_KINDS = ("shuffled",)
-TEXT_COLUMNS = ("text_id", "chunk_id", "doc_id", "source", "kind", "version", "text", "backend", "model",
-                "prompt_version")  # fmt: skip
+TEXT_COLUMNS = ("text_id", "chunk_id", "doc_id", "source", "kind", "version", "text", "question", "answer",
+                "backend", "model", "prompt_version")  # fmt: skip
 FAILED, EMPTY, CONTAMINATED = "failed", "empty", "contaminated"
 
 
@@ -116,9 +117,10 @@ def augment(
     if settings.mix_qa:
         train = pd.read_parquet(qa_file(qa_path, "train"))
         for index, pair in enumerate(train.to_dict("records")):
-            text = f"Question: {pair['question']}\nAnswer: {pair['answer']}"
+            text = f"Question: {pair['question']}\nAnswer: {pair['answer']}"  # how people read it
             chunk = {"chunk_id": pair["chunk_id"], "doc_id": pair["doc_id"]}
-            rows.append(_row(chunk, "qa", "qa", index, text, "synthesis", who))
+            row = _row(chunk, "qa", "qa", index, text, "synthesis", who)
+            rows.append({**row, "question": pair["question"], "answer": pair["answer"]})
 
     summary = {
         "chunks": len(chunks),
@@ -218,6 +220,8 @@ def _row(chunk: dict, source: str, kind: str, version: int, text: str, by: str, 
         "kind": kind,
         "version": version,
         "text": text,
+        "question": None,  # SFT pairs only: pretraining writes them as SFT shows them (docqa.prompting)
+        "answer": None,
         "backend": by,
         "model": who.get("llm_model", "rules") if by == "llm" else ("rules" if by == "rules" else "pairs"),
         "prompt_version": who.get("prompt_version", "") if by == "llm" else who["rules"],
@@ -244,8 +248,14 @@ def _publish(
     )
 
 
-def read_augmented(path: Path | str | None) -> list[str]:
-    """The texts an augmentation folder adds to pretraining (none for no folder)."""
+def read_augmented(path: Path | str | None, tokenizer, model: ModelSettings) -> list[str]:
+    """The texts an augmentation folder adds to pretraining (none for no folder): rewrites as they are,
+    SFT pairs in the form SFT and evaluation give them (the chat template's turns), so that mixed training
+    teaches the very format the knowledge questions are asked in."""
     if path is None:
         return []
-    return list(pd.read_parquet(Path(path) / AUGMENT_TEXTS_FILE)["text"])
+    frame = pd.read_parquet(Path(path) / AUGMENT_TEXTS_FILE)
+    return [
+        qa_text(tokenizer, row.question, row.answer, model) if row.source == "qa" else row.text
+        for row in frame.itertuples(index=False)
+    ]

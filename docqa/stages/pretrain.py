@@ -83,7 +83,7 @@ def pretrain(
     Checkpoints go to ``checkpoint_dir`` every ``save_steps``; a later call with the same folder goes on
     from the last complete one, and the folder is removed once the adapter is published."""
     tokenizer = load_tokenizer(base.path, model_settings.revision)
-    augmented = read_augmented(augmented_path)
+    augmented = read_augmented(augmented_path, tokenizer, model_settings)
     train_blocks = pack_blocks(
         list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]) + augmented, tokenizer, settings.block_size
     )
