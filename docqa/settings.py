@@ -453,6 +453,11 @@ class PretrainSettings(TrainSettings):
     """Domain-adaptive causal-LM training on the training documents' chunks, packed into blocks."""
 
     block_size: int = Field(256, ge=16, description="tokens per packed block")
+    pairs_first: bool = Field(
+        False,
+        description="pre-instruction-tuning (Jiang et al. 2024): the SFT pairs that augment.mix_qa writes "
+        "in come first in every epoch, before the documents, instead of shuffled among them",
+    )
     general_mix_ratio: float = Field(
         0.0,
         ge=0,
@@ -663,6 +668,8 @@ class Recipe(_Settings):
                 "pretrain.general_text is evaluate.general_text: "
                 "the forgetting reference must not be trained on"
             )
+        if self.pretrain.pairs_first and not self.augment.mix_qa:
+            problems.append("pretrain.pairs_first needs augment.mix_qa (the pairs to put first)")
         if self.augment.backend == "synthesis" and self.synthesize.backend == "extractive":
             problems.append("augment.backend synthesis needs synthesize.backend openai or transformers")
         if self.evaluate.llm_judge and self.synthesize.backend == "extractive":

@@ -93,6 +93,8 @@ def test_settings_refuse_kinds_the_rules_cannot_write_and_half_set_options() -> 
         load_recipe(
             None, ["augment.backend=synthesis", "augment.kinds=[facts]", "augment.versions_per_chunk=1"]
         )
+    with pytest.raises(SettingsError, match=r"pairs_first needs augment\.mix_qa"):
+        load_recipe(None, ["pretrain.pairs_first=true", "augment.mix_qa=false"])
     assert [kind for _, kind in planned(ALL_RULES.model_copy(update={"versions_per_chunk": 6}))] == [
         "shuffled", "facts", "entities", "rephrased", "shuffled", "facts",
     ]  # fmt: skip
@@ -232,11 +234,11 @@ def test_pretraining_reads_the_rewrites_and_the_sft_pairs_as_sft_shows_them(
     settings = AugmentSettings(kinds=["facts", "entities"], versions_per_chunk=2, mix_qa=True)
     output = augment(chunks, qa, tmp_path / "a", tmp_path / "s", settings, recipe.synthesize)
     tokenizer = load_tokenizer(tiny_base.path)
-    texts = read_augmented(output.path, tokenizer, recipe.model)
-    assert len(texts) == output.rewrites_kept + output.qa_texts and output.qa_texts > 0
+    rewrites, pairs = read_augmented(output.path, tokenizer, recipe.model)
+    assert (len(rewrites), len(pairs)) == (output.rewrites_kept, output.qa_texts) and pairs
     pair = pd.read_parquet(qa_file(qa, "train")).iloc[0]
     prompt = generation_prompt(tokenizer, pair.question, recipe.model)  # what evaluation asks with
-    assert sum(text.startswith(prompt + pair.answer) for text in texts) == 1
+    assert sum(text.startswith(prompt + pair.answer) for text in pairs) == 1
 
     fast = recipe.pretrain.model_copy(update={"max_steps": 2, "eval_steps": 100})
     plain = pretrain(chunks, tiny_base, recipe.model, fast, tmp_path / "plain")
@@ -245,3 +247,22 @@ def test_pretraining_reads_the_rewrites_and_the_sft_pairs_as_sft_shows_them(
     )
     assert augmented.train_tokens > 2 * plain.train_tokens  # two rewrites a chunk, and the pairs
     assert Path(augmented.adapter_path, "adapter_model.safetensors").is_file()
+
+
+def test_pairs_first_puts_the_sft_pairs_blocks_before_the_documents_in_every_epoch(tiny_base) -> None:
+    from docqa.modeling import load_tokenizer
+    from docqa.stages.pretrain import training_blocks
+
+    recipe = load_recipe("tiny-cpu", ["augment.mix_qa=true", "pretrain.block_size=32"])
+    tokenizer = load_tokenizer(tiny_base.path)
+    documents = [f"Document {i} says that the river {i} drains into lake {i}." * 3 for i in range(20)]
+    pairs = [f"PAIR {i}: which lake does river {i} drain into? Lake {i}." for i in range(10)]
+    mixed, counts = training_blocks(documents, pairs, tokenizer, recipe.pretrain, recipe.model)
+    assert counts == {"pair_blocks": 0, "general_blocks": 0}
+    first = recipe.pretrain.model_copy(update={"pairs_first": True})
+    ordered, counts = training_blocks(documents, pairs, tokenizer, first, recipe.model)
+    assert len(mixed) - 1 <= len(ordered) <= len(mixed) and counts["pair_blocks"] > 0  # two tails cut
+    lead = [tokenizer.decode(row) for row in ordered[: counts["pair_blocks"]]["input_ids"]]
+    after = [tokenizer.decode(row) for row in ordered[counts["pair_blocks"] :]["input_ids"]]
+    assert all("PAIR" in text or "lake" in text.lower() for text in lead)
+    assert all("Document" not in text for text in lead) and not any("PAIR" in text for text in after)

@@ -248,14 +248,16 @@ def _publish(
     )
 
 
-def read_augmented(path: Path | str | None, tokenizer, model: ModelSettings) -> list[str]:
-    """The texts an augmentation folder adds to pretraining (none for no folder): rewrites as they are,
-    SFT pairs in the form SFT and evaluation give them (the chat template's turns), so that mixed training
-    teaches the very format the knowledge questions are asked in."""
+def read_augmented(path: Path | str | None, tokenizer, model: ModelSettings) -> tuple[list[str], list[str]]:
+    """What an augmentation folder adds to pretraining (nothing for no folder): (rewrites, SFT pairs).
+
+    The pairs are written as SFT and evaluation give them (the chat template's turns), so that mixed
+    training teaches the very format the knowledge questions are asked in."""
     if path is None:
-        return []
+        return [], []
     frame = pd.read_parquet(Path(path) / AUGMENT_TEXTS_FILE)
-    return [
-        qa_text(tokenizer, row.question, row.answer, model) if row.source == "qa" else row.text
-        for row in frame.itertuples(index=False)
+    rewrites = list(frame.loc[frame["source"] == "rewrite", "text"])
+    pairs = frame[frame["source"] == "qa"]
+    return rewrites, [
+        qa_text(tokenizer, q, a, model) for q, a in zip(pairs.question, pairs.answer, strict=True)
     ]

@@ -56,6 +56,37 @@ def general_blocks(
     return blocks.select(range(min(wanted, len(blocks))))
 
 
+def training_blocks(
+    documents: list[str],
+    pairs: list[str],
+    tokenizer,
+    settings: PretrainSettings,
+    model_settings: ModelSettings,
+) -> tuple[Dataset, dict[str, int]]:
+    """The blocks pretraining trains on, and how many of them are SFT pairs and replayed general text.
+
+    The documents (chunks and rewrites) and the SFT pairs written as text are packed together and the
+    Trainer shuffles them, plus ``general_mix_ratio`` of general text. With ``pairs_first`` the pairs are
+    packed apart and lead, the rest follows in one seeded shuffle, and the Trainer keeps that order in
+    every epoch (pre-instruction-tuning)."""
+    first = pack_blocks(pairs if settings.pairs_first else [], tokenizer, settings.block_size)
+    rest = pack_blocks(
+        documents if settings.pairs_first else documents + pairs, tokenizer, settings.block_size
+    )
+    if not len(rest):
+        raise ValueError(
+            f"the training chunks hold fewer tokens than one block of {settings.block_size}: "
+            "lower pretrain.block_size or add documents"
+        )
+    mixed_in = general_blocks(settings, model_settings, tokenizer, len(rest) + len(first))
+    if len(mixed_in):
+        rest = concatenate_datasets([rest, mixed_in])
+    blocks = rest.shuffle(seed=settings.seed)
+    if len(first):  # an empty Dataset has no column types to concatenate with
+        blocks = concatenate_datasets([first.shuffle(seed=settings.seed), blocks])
+    return blocks, {"pair_blocks": len(first), "general_blocks": len(mixed_in)}
+
+
 def pretrain_model(
     base: BaseModelRef, model_settings: ModelSettings, settings: PretrainSettings
 ) -> PeftModel:
@@ -78,24 +109,15 @@ def pretrain(
     """Train the ``pretrain`` LoRA adapter on the 4-bit base; returns where it was saved.
 
     ``augmented_path``: an augmentation folder whose texts are read beside the chunks (each text, like
-    each chunk, ends with eos before the stream is cut into blocks).
+    each chunk, ends with eos before the stream is cut into blocks): rewrites, and SFT pairs mixed in
+    (``augment.mix_qa``), or put first in every epoch (``pretrain.pairs_first``).
 
     Checkpoints go to ``checkpoint_dir`` every ``save_steps``; a later call with the same folder goes on
     from the last complete one, and the folder is removed once the adapter is published."""
     tokenizer = load_tokenizer(base.path, model_settings.revision)
-    augmented = read_augmented(augmented_path, tokenizer, model_settings)
-    train_blocks = pack_blocks(
-        list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]) + augmented, tokenizer, settings.block_size
-    )
-    if not len(train_blocks):
-        raise ValueError(
-            f"the training chunks hold fewer tokens than one block of {settings.block_size}: "
-            "lower pretrain.block_size or add documents"
-        )
-    domain_blocks = len(train_blocks)
-    mixed_in = general_blocks(settings, model_settings, tokenizer, domain_blocks)
-    if len(mixed_in):
-        train_blocks = concatenate_datasets([train_blocks, mixed_in])  # the Trainer shuffles
+    rewrites, pairs = read_augmented(augmented_path, tokenizer, model_settings)
+    documents = list(read_chunks(chunks_path, PRETRAIN_SIDES)["text"]) + rewrites
+    train_blocks, counts = training_blocks(documents, pairs, tokenizer, settings, model_settings)
     eval_texts = list(read_chunks(chunks_path, ("eval",))["text"])
     eval_blocks = pack_blocks(eval_texts, tokenizer, settings.block_size)
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
@@ -104,7 +126,10 @@ def pretrain(
     with training_dir(checkpoint_dir, out_root) as work_dir:
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0)),
+            args=TrainingArguments(
+                **trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0),
+                train_sampling_strategy="sequential" if settings.pairs_first else "random",
+            ),
             train_dataset=train_blocks,
             eval_dataset=eval_blocks if len(eval_blocks) else None,
             data_collator=default_data_collator,
@@ -115,8 +140,8 @@ def pretrain(
         "trainable_parameters": count_trainable(model),
         "steps": trainer.state.global_step,
         "train_blocks": len(train_blocks),
-        "augmented_texts": len(augmented),
-        "general_blocks": len(mixed_in),  # of train_blocks: mixed-in general text
+        "augmented_texts": len(rewrites) + len(pairs),
+        **counts,
         "train_tokens": len(train_blocks) * settings.block_size,
         **run.metrics(),
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
