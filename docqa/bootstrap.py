@@ -88,23 +88,25 @@ def split_general_text(texts: list[str], heldout_fraction: float) -> tuple[list[
     return train, heldout
 
 
-GENERAL_ENGLISH_FILE = Path(__file__).parent / "data" / "alice.txt"
-GENERAL_ENGLISH_SOURCE = (
-    "Alice's Adventures in Wonderland (Lewis Carroll, 1865), chapters VII-XII, shipped with docqa"
-)
-FIRST_HELDOUT_CHAPTER = "CHAPTER VII"
+DATA_DIR = Path(__file__).parent / "data"
+GENERAL_REFERENCE_FILE = DATA_DIR / "alice.txt"
+GENERAL_REFERENCE_SOURCE = "Alice's Adventures in Wonderland (Lewis Carroll, 1865), shipped with docqa"
+GENERAL_REPLAY_FILE = DATA_DIR / "as_you_like_it.txt"
 
 
-def general_english_split() -> tuple[list[str], list[str]]:
-    """docqa's general English text, outside any technical domain, as (replayed, held out): *Alice's
-    Adventures in Wonderland*, chapters I-VI and VII-XII, one text per chapter (``docqa/data/SOURCE.md``).
+def general_reference() -> list[str]:
+    """The default forgetting reference, one text per chapter: *Alice's Adventures in Wonderland*, general
+    English outside any technical domain, shipped offline (``docqa/data/SOURCE.md``). Never trained on:
+    the default replay text is another book (:func:`general_replay`)."""
+    text = GENERAL_REFERENCE_FILE.read_text(encoding="utf-8")
+    return [f"CHAPTER {part}".strip() for part in text.split("CHAPTER ")[1:]]
 
-    ``pretrain.general_mix_ratio`` replays the first part by default; the forgetting reference is the
-    second, so it is never trained on."""
-    text = GENERAL_ENGLISH_FILE.read_text(encoding="utf-8")
-    chapters = [f"CHAPTER {part}".strip() for part in text.split("CHAPTER ")[1:]]
-    cut = next(i for i, chapter in enumerate(chapters) if chapter.startswith(FIRST_HELDOUT_CHAPTER + "\n"))
-    return chapters[:cut], chapters[cut:]
+
+def general_replay() -> list[str]:
+    """The default general text ``pretrain.general_mix_ratio`` replays: Shakespeare's *As You Like It*,
+    shipped offline, by another author in another form than the forgetting reference, so that replay
+    cannot pass the forgetting gate by rehearsing the reference's own style and names."""
+    return [GENERAL_REPLAY_FILE.read_text(encoding="utf-8")]
 
 
 def general_text_split(settings: BootstrapSettings) -> tuple[list[str], list[str]]:

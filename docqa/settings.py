@@ -466,8 +466,8 @@ class PretrainSettings(TrainSettings):
     )
     general_text: str | None = Field(
         None,
-        description="UTF-8 text file to mix in; empty: chapters I-VI of Alice's Adventures in Wonderland, "
-        "shipped with docqa (the forgetting reference is chapters VII-XII)",
+        description="UTF-8 text file to mix in; empty: Shakespeare's As You Like It, shipped with docqa "
+        "(another book than the forgetting reference, Alice's Adventures in Wonderland)",
     )
 
 
@@ -521,7 +521,7 @@ class EvaluateSettings(_Settings):
     general_text: str | None = Field(
         None,
         description="a UTF-8 text file of general, non-domain text; empty: the base's general_heldout.txt "
-        "(bootstrap bases), else chapters VII-XII of Alice's Adventures in Wonderland (shipped, offline)",
+        "(bootstrap bases), else Alice's Adventures in Wonderland (shipped with docqa, offline)",
     )
     max_general_tokens: int = Field(20_000, ge=64, description="cap on general-text tokens scored")
     max_forgetting_ratio: float = Field(

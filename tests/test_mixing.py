@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_recipe
 from datasets import Dataset
 
-from docqa.bootstrap import general_english_split
+from docqa.bootstrap import general_reference, general_replay
 from docqa.modeling import load_tokenizer
 from docqa.outputs import BaseModelRef
 from docqa.settings import SettingsError, load_recipe
@@ -34,9 +34,9 @@ def test_general_blocks_make_up_the_configured_share(tiny_base, tmp_path):
 
 
 def test_default_mixed_text_is_disjoint_from_the_forgetting_reference():
-    train, heldout = general_english_split()
-    assert len(train) == 6 and len(heldout) == 6  # chapters I-VI replayed, VII-XII held out
-    assert not set(train) & set(heldout) and all("Alice" in chapter for chapter in train + heldout)
+    train, heldout = general_replay(), general_reference()
+    assert len(heldout) == 12 and all("Alice" in chapter for chapter in heldout)  # one text a chapter
+    assert "ROSALIND" in train[0] and not any("Alice" in text for text in train)
     recipe = tiny_recipe()
     hub = BaseModelRef(path="some/hub-model", digest="x", tokenizer_digest="x", source="hub")
     reference, source = general_text(

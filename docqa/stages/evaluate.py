@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from docqa.answer_metrics import answer_errors, recall_summary, recalled_flags
-from docqa.bootstrap import GENERAL_ENGLISH_SOURCE, GENERAL_HELDOUT_FILE, general_english_split
+from docqa.bootstrap import GENERAL_HELDOUT_FILE, GENERAL_REFERENCE_SOURCE, general_reference
 from docqa.figures import (
     AnswerScores,
     EvaluationFigures,
@@ -126,8 +126,8 @@ def general_text(
     settings: EvaluateSettings, base: BaseModelRef, model_settings: ModelSettings
 ) -> tuple[list[str], str]:
     """The forgetting reference and where it came from: the configured file, else the bootstrap base's
-    held-out general text, else the held-out chapters of docqa's general English text (offline, outside
-    any technical domain, and never mixed into training: see ``general_english_split``)."""
+    held-out general text, else docqa's general English reference (offline, outside any technical
+    domain, never mixed into training: see ``general_reference``)."""
     if settings.general_text:
         path = Path(settings.general_text)
         if not path.is_file():
@@ -136,7 +136,7 @@ def general_text(
     heldout = Path(base.path) / GENERAL_HELDOUT_FILE
     if heldout.is_file():
         return [heldout.read_text(encoding="utf-8")], str(heldout)
-    return general_english_split()[1], GENERAL_ENGLISH_SOURCE
+    return general_reference(), GENERAL_REFERENCE_SOURCE
 
 
 @torch.no_grad()

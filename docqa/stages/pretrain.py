@@ -10,7 +10,7 @@ from datasets import Dataset, concatenate_datasets
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from docqa.bootstrap import general_english_split
+from docqa.bootstrap import general_replay
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
@@ -50,7 +50,7 @@ def general_blocks(
             raise FileNotFoundError(f"pretrain.general_text {path} is not a file; give a UTF-8 text file")
         texts = [path.read_text(encoding="utf-8")]
     else:
-        texts = general_english_split()[0]
+        texts = general_replay()
     blocks = pack_blocks(texts, tokenizer, settings.block_size).shuffle(seed=settings.seed)
     wanted = round(domain_blocks * ratio / (1 - ratio))
     return blocks.select(range(min(wanted, len(blocks))))
