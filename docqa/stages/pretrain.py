@@ -81,10 +81,11 @@ def training_blocks(
     mixed_in = general_blocks(settings, model_settings, tokenizer, len(rest) + len(first))
     if len(mixed_in):
         rest = concatenate_datasets([rest, mixed_in])
-    blocks = rest.shuffle(seed=settings.seed)
-    if len(first):  # an empty Dataset has no column types to concatenate with
-        blocks = concatenate_datasets([first.shuffle(seed=settings.seed), blocks])
-    return blocks, {"pair_blocks": len(first), "general_blocks": len(mixed_in)}
+    if settings.pairs_first:  # the Trainer samples sequentially then, so shuffle each part here, seeded
+        rest = rest.shuffle(seed=settings.seed)
+        if len(first):  # an empty Dataset has no column types to concatenate with
+            rest = concatenate_datasets([first.shuffle(seed=settings.seed), rest])
+    return rest, {"pair_blocks": len(first), "general_blocks": len(mixed_in)}
 
 
 def pretrain_model(
