@@ -176,7 +176,11 @@ def read_sweep(file: Path) -> dict[str, list[str]]:
 @app.command()
 def sweep(
     file: Annotated[
-        Path, typer.Argument(help="sweep YAML file, or a shipped sweep's name (seed-comparison)")
+        Path,
+        typer.Argument(
+            help="sweep YAML file, or a shipped sweep's name "
+            "(seed-comparison, forgetting-mix, knowledge-levers)"
+        ),
     ],
     docs: Annotated[Path | None, typer.Option(help="folder of documents; default: the sample corpus")] = None,
     workspace: Annotated[Path, typer.Option(help="shared by every variant (and its caches)")] = Path(

@@ -266,3 +266,13 @@ def test_pairs_first_puts_the_sft_pairs_blocks_before_the_documents_in_every_epo
     after = [tokenizer.decode(row) for row in ordered[counts["pair_blocks"] :]["input_ids"]]
     assert all("PAIR" in text or "lake" in text.lower() for text in lead)
     assert all("Document" not in text for text in lead) and not any("PAIR" in text for text in after)
+
+
+@pytest.mark.parametrize("name", ["knowledge-levers", "seed-comparison", "forgetting-mix"])
+def test_every_variant_of_the_shipped_sweeps_is_a_valid_recipe(name: str) -> None:
+    from docqa.cli import read_sweep
+
+    variants = read_sweep(Path(name))
+    assert variants
+    for overrides in variants.values():
+        load_recipe("smollm2-cpu", overrides)  # raises SettingsError on a variant that cannot run
