@@ -349,7 +349,6 @@ class SynthesizeSettings(_Settings):
         return problems
 
 
-AUGMENT_KINDS = ("shuffled", "facts", "entities", "rephrased", "explained")
 LLM_ONLY_KINDS = ("explained",)
 
 
@@ -373,8 +372,8 @@ class AugmentSettings(_Settings):
     )
     mix_qa: bool = Field(
         False,
-        description="write the SFT pairs (never a knowledge or control pair) into pretraining as "
-        "'Question: … Answer: …' text: Allen-Zhu & Li's mixed training",
+        description="write the SFT pairs (never a knowledge or control pair) into pretraining as SFT "
+        "presents them (the chat template's turns): Allen-Zhu & Li's mixed training",
     )
     seed: int = Field(0, description="seeds the shuffles and the rewording choices")
 

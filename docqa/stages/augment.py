@@ -2,8 +2,9 @@
 
 For every pretrained chunk (training and knowledge chunks alike: pretraining reads both), up to
 ``augment.versions_per_chunk`` rewrites, the kinds taken in turn, by the rules (offline) or by the
-synthesis LLM (:mod:`docqa.augmentation`). With ``augment.mix_qa`` the SFT pairs are added as
-"Question: … Answer: …" text (mixed training). Knowledge and control pairs never are.
+synthesis LLM (:mod:`docqa.augmentation`). With ``augment.mix_qa`` the SFT pairs are added too (mixed
+training), which pretraining writes as SFT shows them (:func:`read_augmented`). Knowledge and control
+pairs never are.
 
 Rewrites are stored per chunk under a key of what makes them (backend identity, kinds, versions, seed),
 so a new document costs only its own chunks' rewrites. Every rewrite is checked against the held-out
