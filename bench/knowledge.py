@@ -18,15 +18,12 @@ section of docs/benchmarks.md and the runs' wall times and pretraining throughpu
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import command_line, record_figures, write_section
+from bench.report import command_line, docqa_run, record_figures, write_section
 
 RECIPE = "smollm2-cpu"
 BASELINE = [  # docqa's default before knowledge augmentation (issue 13)
@@ -39,18 +36,6 @@ BASELINE = [  # docqa's default before knowledge augmentation (issue 13)
     "pretrain.eval_steps=50",
 ]
 MINUTE = 60.0
-
-
-def docqa_run(workspace: Path, docs: Path, overrides: list[str]) -> tuple[float, dict]:
-    """One `docqa run` (its terminal output shown), its wall seconds and its report."""
-    command = [sys.executable, "-m", "docqa.cli", "run", "--workspace", str(workspace), "--docs", str(docs),
-               "--recipe", RECIPE]  # fmt: skip
-    for override in overrides:
-        command += ["--set", override]
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - started
-    return seconds, json.loads((workspace / "reports" / "latest.json").read_text())
 
 
 def _f(value: float | None, signed: bool = False) -> str:
@@ -118,8 +103,8 @@ def main(overrides: list[str]) -> None:
     write_sample_corpus(docs)
     workspace = root / "workspace"
     runs: dict[str, tuple[float, dict]] = {}
-    runs["baseline (seed-shaped)"] = docqa_run(workspace, docs, BASELINE + overrides)
-    runs["docqa default"] = docqa_run(workspace, docs, overrides)
+    runs["baseline (seed-shaped)"] = docqa_run(workspace, docs, RECIPE, BASELINE + overrides)
+    runs["docqa default"] = docqa_run(workspace, docs, RECIPE, overrides)
     (base_s, base_report), (ours_s, ours_report) = runs.values()
     gains = [gain_of(report) for report in (base_report, ours_report)]
     questions = {k: v for k, v in base_report["counts"].items() if k.startswith("qa_")}

@@ -9,9 +9,7 @@ the cold run's per-stage throughputs (ingest, chunk, extractive synthesis) to do
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,21 +17,10 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import command_line, record_figures, write_section
+from bench.report import command_line, docqa_run, record_figures, write_section
 
 NEW_DOCUMENT_TOPICS = ("binary", "unary", "power", "shifting")
 RECIPE = "tiny-cpu"  # the machinery's cost; the default recipe's stage times are in docs/evaluation.md
-
-
-def docqa_run(workspace: Path, docs: Path, overrides: list[str]) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "docqa.cli", "run", "--workspace", str(workspace), "--docs", str(docs),
-               "--recipe", RECIPE]  # fmt: skip
-    for override in overrides:
-        command += ["--set", override]
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - started
-    return seconds, json.loads((workspace / "reports" / "latest.json").read_text())
 
 
 def main(overrides: list[str]) -> None:
@@ -48,10 +35,10 @@ def main(overrides: list[str]) -> None:
     docs = root / "docs"
     write_sample_corpus(docs)
     workspace = root / "workspace"
-    cold, cold_report = docqa_run(workspace, docs, overrides)
-    warm, warm_report = docqa_run(workspace, docs, overrides)
+    cold, cold_report = docqa_run(workspace, docs, RECIPE, overrides, quiet=True)
+    warm, warm_report = docqa_run(workspace, docs, RECIPE, overrides, quiet=True)
     (docs / "extra-operators.txt").write_text("\n\n".join(topics[t] for t in NEW_DOCUMENT_TOPICS))
-    added, added_report = docqa_run(workspace, docs, overrides)
+    added, added_report = docqa_run(workspace, docs, RECIPE, overrides, quiet=True)
     shutil.rmtree(root)
 
     cached = sum(warm_report["stages"][s]["cached"] for s in warm_report["stages"])

@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,3 +64,18 @@ def record_figures(section: str, command: str, figures: dict[str, dict], device:
     data["about"] = THROUGHPUTS_ABOUT
     data["figures"].update({key: {**stamp, **figure} for key, figure in figures.items()})
     THROUGHPUTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def docqa_run(
+    workspace: Path, docs: Path, recipe: str, overrides: list[str], quiet: bool = False
+) -> tuple[float, dict]:
+    """One `docqa run` as a subprocess (imports and Prefect's local server included): its wall seconds
+    and its report. ``quiet`` hides its terminal output."""
+    command = [sys.executable, "-m", "docqa.cli", "run", "--workspace", str(workspace), "--docs", str(docs),
+               "--recipe", recipe]  # fmt: skip
+    for override in overrides:
+        command += ["--set", override]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL if quiet else None)
+    seconds = time.perf_counter() - started
+    return seconds, json.loads((workspace / "reports" / "latest.json").read_text())
