@@ -52,6 +52,7 @@ bench: setup  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python bench/flaky_server_run.py
 	$(BIN)/python bench/generation_batching.py
 	$(BIN)/python bench/sft_packing.py
+	$(BIN)/python bench/knowledge.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache
