@@ -103,7 +103,11 @@ def test_report_contract(cold):
     )
     assert set(report["contamination"]) == {
         "eval_pairs_checked", "eval_pairs_removed", "knowledge_pairs_checked", "knowledge_pairs_removed",
+        "rewrites_checked", "rewrites_removed",
     }  # fmt: skip
+    # the default recipe augments: rewrites of the pretrained chunks and the SFT pairs, every one checked
+    assert report["contamination"]["rewrites_checked"] >= counts["augment_rewrites"] > 0
+    assert counts["augment_qa_texts"] == counts["qa_train"]
     assert report["contamination"]["eval_pairs_checked"] >= counts["qa_eval"]
     assert report["contamination"]["knowledge_pairs_checked"] >= counts["qa_knowledge"]
     evaluation = report["evaluation"]
@@ -155,7 +159,10 @@ def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, ti
     assert len(losses) >= 2 and len({m.step for m in losses}) == len(losses)  # a curve, step by step
     assert client.get_metric_history(pretrain_run.info.run_id, "eval_loss")
     inputs = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
-    assert set(inputs) == {"chunks", "qa_train", "qa_knowledge", "qa_eval"}
+    assert set(inputs) == {"chunks", "qa_train", "qa_knowledge", "qa_eval", "augmented"}
+    augment_run = next(r for r in children if r.info.run_name == "augment")
+    assert augment_run.data.metrics["rewrites_kept"] == report["counts"]["augment_rewrites"]
+    assert {"augment"} <= {a.path for a in client.list_artifacts(augment_run.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"model", "loss_curves.png", "report"} <= artifacts
     assert "pretrain_loss.png" in {a.path for a in client.list_artifacts(pretrain_run.info.run_id)}
