@@ -236,7 +236,8 @@ def test_changing_a_training_setting_retrains_but_reuses_the_data(cold, corpus):
     report = run_pipeline(corpus, workspace, changed)
     cached = {s: report["stages"][s]["cached"] for s in STAGES}
     assert cached == {
-        "ingest": True, "chunk": True, "synthesize": True, "pretrain": False, "sft": False, "evaluate": False,
+        "ingest": True, "chunk": True, "synthesize": True, "augment": True, "pretrain": False, "sft": False,
+        "evaluate": False,
     }  # fmt: skip
     assert report["counts"]["synthesis_requests"] == 0
 
@@ -255,7 +256,7 @@ def test_a_sweep_runs_variants_as_child_flow_runs_that_share_the_data(cold, corp
         ("sft-r4", "sweep-sft-r4"),
     ]
     assert rows[0]["cached_stages"] == ",".join(STAGES)  # the cold run trained this one already
-    assert rows[1]["cached_stages"] == "ingest,chunk,synthesize,pretrain"  # only SFT and evaluation again
+    assert rows[1]["cached_stages"] == "ingest,chunk,synthesize,augment,pretrain"  # only SFT, evaluation
     assert rows[1]["trainable"] < rows[0]["trainable"]
     client = MlflowClient(tracking_uri(workspace))
     experiment = client.get_experiment_by_name("docqa-test")
