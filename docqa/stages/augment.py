@@ -151,12 +151,14 @@ def _rewrites(
 ) -> tuple[dict[tuple[str, int], str], int, list[str]]:
     """Every rewrite, from the store or made now: ``{(chunk_id, version): text}`` (absent: failed)."""
     made: dict[tuple[str, int], str] = {}
+    from_store: set[tuple[str, int]] = set()
     pending: list[tuple[dict, int, str]] = []
     for chunk in chunks:
         stored = _load(store, chunk)
         for version, kind in planned(settings):
             if stored is not None and str(version) in stored:
                 made[(chunk["chunk_id"], version)] = stored[str(version)]
+                from_store.add((chunk["chunk_id"], version))
             elif maker(kind, settings) == "rules":
                 seed = settings.seed * 1000 + version
                 made[(chunk["chunk_id"], version)] = rewrite(
@@ -168,8 +170,8 @@ def _rewrites(
     if pending:
         assert client is not None
         progress = Progress("augment · rewrites", len(pending), "rewrites")
-        requests = {
-            f"{chunk['chunk_id']}:{version}": llm_prompts.rewrite_request(
+        requests = [
+            llm_prompts.rewrite_request(
                 f"{chunk['chunk_id']}:{version}",
                 kind,
                 chunk["text"],
@@ -177,8 +179,8 @@ def _rewrites(
                 synthesize.language,
             )
             for chunk, version, kind in pending
-        }
-        for reply in client.complete(list(requests.values())):
+        ]
+        for reply in client.complete(requests):
             progress.advance()
             chunk_id, version = reply.request_id.rsplit(":", 1)
             if reply.status == "ok" and reply.content is not None:
@@ -186,13 +188,10 @@ def _rewrites(
             else:
                 reasons.append(reply.reason or "no reply")
         progress.close(f"{len(reasons)} failed")
-    for chunk in chunks:
-        texts = {
-            str(v): made[(chunk["chunk_id"], v)]
-            for v, _ in planned(settings)
-            if (chunk["chunk_id"], v) in made
-        }
-        _save(store, chunk, texts, who)
+    for chunk in chunks:  # only the chunks that got a rewrite now: the rest are stored already
+        done = [v for v, _ in planned(settings) if (chunk["chunk_id"], v) in made]
+        if any((chunk["chunk_id"], v) not in from_store for v in done):
+            _save(store, chunk, {str(v): made[(chunk["chunk_id"], v)] for v in done}, who)
     return made, len(pending), reasons
 
 
