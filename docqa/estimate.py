@@ -54,6 +54,16 @@ ASSUMED_ACCEPTANCE = 0.8  # accepted pairs per requested pair
 ASSUMED_QUESTION_WORDS = 15
 ASSUMED_ANSWER_SHARE = 0.5  # of synthesize.max_answer_words
 CHARS_PER_WORD = 6  # English, space included
+# --- knowledge augmentation: a rewrite's tokens per token of its chunk --------------------------------
+# The rules keep a chunk's prose sentences: a facts list drops its headings and fragments, entity notes
+# repeat the sentences that name each term. Measured on the sample corpus's training chunks (facts 0.64,
+# entities 1.18); the test topics' short synthetic sentences give about half as much. Shuffled and
+# rephrased keep every sentence; an LLM's rewrite is taken as the chunk's length.
+REWRITE_TOKENS_PER_CHUNK_TOKEN = {"facts": 0.65, "entities": 1.2, "shuffled": 1.0, "rephrased": 1.0}
+LLM_REWRITE_TOKENS_PER_CHUNK_TOKEN = 1.0
+# A replayed block under pretrain.replay_loss=distill also runs the base forward (no backward): about a
+# third of a training step (forward + backward ≈ 3 forwards).
+DISTILL_EXTRA_STEP_COST = 1 / 3
 # --- scaling measurements between model sizes ---------------------------------------------------------
 TRAIN_FLOPS_PER_PARAMETER = 6  # forward + backward, per token
 FORWARD_FLOPS_PER_PARAMETER = 2
@@ -784,7 +794,12 @@ def measure_work(
         qa_train=qa_train,
         qa_knowledge=qa_knowledge,
         qa_eval=qa_eval,
-        **pretrain_work(train_tokens + train_chunks, recipe),  # token_stream puts eos after each chunk
+        **pretrain_work(
+            train_tokens
+            + train_chunks
+            + augmented_tokens(train_tokens, train_chunks, qa_train, example_tokens, recipe),
+            recipe,
+        ),  # fmt: skip  (token_stream puts eos after each text)
         **sft_work(qa_train, example_tokens, recipe),
         sft_example_tokens=example_tokens,
         sft_example_source=example_source,
@@ -794,11 +809,31 @@ def measure_work(
     )
 
 
+def augmented_tokens(
+    train_tokens: int, train_chunks: int, qa_train: int, example_tokens: float, recipe: Recipe
+) -> int:
+    """Tokens the augment stage adds to pretraining: each chunk's rewrites (kinds in turn, each a share
+    of the chunk's length) and, with ``mix_qa``, the SFT pairs as SFT shows them; an eos after each."""
+    settings = recipe.augment
+    shares = [
+        REWRITE_TOKENS_PER_CHUNK_TOKEN.get(kind, LLM_REWRITE_TOKENS_PER_CHUNK_TOKEN)
+        if settings.backend == "rules" or kind == "shuffled"
+        else LLM_REWRITE_TOKENS_PER_CHUNK_TOKEN
+        for kind in (settings.kinds[v % len(settings.kinds)] for v in range(settings.versions_per_chunk))
+    ]
+    rewrites = sum(share * train_tokens for share in shares) + len(shares) * train_chunks
+    pairs = qa_train * (example_tokens + 1) if settings.mix_qa else 0
+    return round(rewrites + pairs)
+
+
 def pretrain_work(stream_tokens: int, recipe: Recipe) -> dict[str, int]:
     settings = recipe.pretrain
-    blocks = mixed(stream_tokens // settings.block_size, settings.general_mix_ratio)
+    domain = stream_tokens // settings.block_size
+    blocks = mixed(domain, settings.general_mix_ratio)
     steps = optimizer_steps(blocks, settings)
     processed = round(blocks * settings.block_size * steps / steps_per_epoch(blocks, settings))
+    if settings.replay_loss == "distill":  # the base's forward on each replayed block, counted as tokens
+        processed = round(processed * (1 + DISTILL_EXTRA_STEP_COST * (blocks - domain) / max(blocks, 1)))
     return {"pretrain_blocks": blocks, "pretrain_steps": steps, "pretrain_tokens": processed}
 
 

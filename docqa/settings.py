@@ -468,6 +468,12 @@ class PretrainSettings(TrainSettings):
         description="UTF-8 text file to mix in; empty: Shakespeare's As You Like It, shipped with docqa "
         "(another book than the forgetting reference, Alice's Adventures in Wonderland)",
     )
+    replay_loss: Literal["tokens", "distill"] = Field(
+        "tokens",
+        description="what the replayed general blocks are trained on: 'tokens' (their next tokens, like the "
+        "documents) or 'distill' (the base model's own next-token distribution: the KL divergence from the "
+        "base, read with the adapter switched off, so the general text pulls the model back to the base)",
+    )
 
 
 class SFTSettings(TrainSettings):

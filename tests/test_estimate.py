@@ -311,3 +311,45 @@ def test_ingest_time_follows_the_recipes_processes(report_pdfs, tmp_path):
     capped = row(estimate(report_pdfs, load_recipe("tiny-cpu", ["ingest.workers=16"]), path), "ingest")
     assert capped.throughput == pytest.approx(10.0 * 4 * 0.5)  # 4 documents: 4 processes at most
     assert "ingest.cpu.parallel-efficiency" in capped.source
+
+
+def test_augmented_pretraining_tokens_are_near_what_the_augment_stage_makes(prepared, tiny_base, tmp_path):
+    """The estimate's rewrite and pair tokens against the augment stage's real output on the same chunks."""
+    import pandas as pd
+
+    from docqa.estimate import augmented_tokens
+    from docqa.modeling import load_tokenizer, token_stream
+    from docqa.outputs import qa_file
+    from docqa.split import PRETRAIN_SIDES
+    from docqa.stages.augment import augment, read_augmented
+    from docqa.stages.chunk import read_chunks
+
+    recipe = tiny_cpu_with_test_base(
+        "augment.kinds=[facts, entities]", "augment.versions_per_chunk=2", "augment.mix_qa=true"
+    )
+    chunks, qa = Path(prepared["chunks"].path), Path(prepared["qa"].path)
+    out = augment(chunks, qa, tmp_path / "a", tmp_path / "s", recipe.augment, prepared["recipe"].synthesize)
+    tokenizer = load_tokenizer(tiny_base.path)
+    rewrites, pairs = read_augmented(Path(out.path), tokenizer, recipe.model)
+    real_rewrites, real_pairs = len(token_stream(tokenizer, rewrites)), len(token_stream(tokenizer, pairs))
+    trained = list(read_chunks(chunks, PRETRAIN_SIDES)["text"])
+    train_tokens = len(token_stream(tokenizer, trained)) - len(trained)
+    qa_train = len(pd.read_parquet(qa_file(qa, "train")))
+    example = real_pairs / qa_train - 1  # the pairs' real length: this checks the rewrites' shares
+    estimated = augmented_tokens(train_tokens, len(trained), qa_train, example, recipe)
+    # The shares are the sample corpus's prose; the test topics' short sentences give about half as much.
+    assert 0.8 * real_rewrites <= estimated - real_pairs <= 2.5 * real_rewrites, (estimated, real_rewrites)
+    plain = load_recipe(
+        "tiny-cpu", ["augment.versions_per_chunk=0", "augment.kinds=[]", "augment.mix_qa=false"]
+    )
+    assert augmented_tokens(train_tokens, len(trained), qa_train, example, plain) == 0
+
+
+def test_distilled_replay_costs_more_pretraining_work_than_token_replay(report_pdfs):
+    tokens = estimate(report_pdfs, tiny_cpu_with_test_base("pretrain.general_mix_ratio=0.25")).work
+    distill = estimate(
+        report_pdfs,
+        tiny_cpu_with_test_base("pretrain.general_mix_ratio=0.25", "pretrain.replay_loss=distill"),
+    ).work
+    assert distill.pretrain_blocks == tokens.pretrain_blocks
+    assert tokens.pretrain_tokens < distill.pretrain_tokens < 1.2 * tokens.pretrain_tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import tiny_recipe
@@ -91,3 +92,59 @@ def test_recipes_refuse_mixing_without_a_file_or_into_the_reference(tmp_path):
     reference.write_text("text")
     with pytest.raises(SettingsError, match="must not be trained on"):
         load_recipe(None, [f"pretrain.general_text={reference}", f"evaluate.general_text={reference}"])
+
+
+def test_distilled_replay_asks_the_adapter_to_keep_the_base_on_general_blocks(tiny_base, tmp_path):
+    """replay_loss=distill: a general block's loss is KL(base ‖ model), zero while the adapter changes
+    nothing and positive once it does; the documents' blocks keep their next-token loss; and a whole
+    pretraining run trains through it."""
+    import torch
+    from transformers import TrainingArguments
+
+    from docqa.stages.pretrain import DistilledReplayTrainer, pretrain_model, training_blocks
+
+    tokenizer = load_tokenizer(tiny_base.path)
+    recipe = tiny_recipe()
+    source = tmp_path / "general.txt"
+    source.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    settings = recipe.pretrain.model_copy(
+        update={"general_mix_ratio": 0.5, "general_text": str(source), "replay_loss": "distill"}
+    )
+    documents = [f"River {i} drains into lake {i}, which freezes in winter {i}." * 4 for i in range(12)]
+    blocks, counts = training_blocks(documents, [], tokenizer, settings, recipe.model)
+    assert counts["general_blocks"] > 0 and sum(blocks["replay"]) == counts["general_blocks"]
+    general = blocks.filter(lambda row: row["replay"] == 1).with_format("torch")[:2]
+    domain = blocks.filter(lambda row: row["replay"] == 0).with_format("torch")[:2]
+    assert "quick brown fox" in tokenizer.decode(general["input_ids"][0])
+
+    model = pretrain_model(tiny_base, recipe.model, settings)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none")
+    trainer = DistilledReplayTrainer(model=model, args=args)
+    assert trainer.compute_loss(model, dict(general)).item() == pytest.approx(0.0, abs=1e-5)
+    assert trainer.compute_loss(model, dict(domain)).item() > 1.0  # cross-entropy of the documents
+
+    with torch.no_grad():  # an adapter that changes the model: the general blocks now cost something
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(std=0.05)
+    loss = trainer.compute_loss(model, dict(general))
+    loss.backward()
+    assert loss.item() > 1e-3
+    assert any(
+        w.grad is not None and w.grad.abs().sum() > 0 for n, w in model.named_parameters() if "lora" in n
+    )
+
+
+def test_a_pretraining_run_with_distilled_replay_publishes_a_changed_adapter(prepared, tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    from docqa.stages.pretrain import pretrain
+
+    recipe, chunks = prepared["recipe"], Path(prepared["chunks"].path)
+    settings = recipe.pretrain.model_copy(
+        update={"general_mix_ratio": 0.5, "replay_loss": "distill", "max_steps": 3, "batch_size": 2}
+    )
+    out = pretrain(chunks, tiny_base, recipe.model, settings, tmp_path / "run")
+    weights = load_file(Path(out.adapter_path, "adapter_model.safetensors"))
+    assert json.loads(Path(out.path, "metrics.json").read_text())["general_blocks"] > 0
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 from datasets import Dataset, concatenate_datasets
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
@@ -80,12 +81,43 @@ def training_blocks(
         )
     mixed_in = general_blocks(settings, model_settings, tokenizer, len(rest) + len(first))
     if len(mixed_in):
+        if settings.replay_loss == "distill":  # DistilledReplayTrainer tells the two kinds apart by it
+            first, rest = (part.add_column("replay", [0] * len(part)) for part in (first, rest))
+            mixed_in = mixed_in.add_column("replay", [1] * len(mixed_in))
         rest = concatenate_datasets([rest, mixed_in])
     if settings.pairs_first:  # the Trainer samples sequentially then, so shuffle each part here, seeded
         rest = rest.shuffle(seed=settings.seed)
         if len(first):  # an empty Dataset has no column types to concatenate with
             rest = concatenate_datasets([first.shuffle(seed=settings.seed), rest])
     return rest, {"pair_blocks": len(first), "general_blocks": len(mixed_in)}
+
+
+class DistilledReplayTrainer(Trainer):
+    """Replayed general blocks (``replay`` 1) are trained toward the base model's own next-token
+    distribution instead of their tokens: the loss there is KL(base ‖ model) per token, the base read
+    from the same model with its adapter switched off (no second copy). The documents' blocks keep the
+    next-token cross-entropy. Learning without forgetting (Li & Hoiem 2016) applied to replay: a
+    general block then asks the adapter to change nothing there, over the whole vocabulary, where a
+    token target only names one word. The loss is a per-batch mean over predicted positions."""
+
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        replay = inputs.pop("replay", None)
+        inputs.pop("labels", None)  # blocks are all tokens: the targets are the inputs shifted by one
+        input_ids = inputs["input_ids"]
+        outputs = model(**inputs)
+        log_probs = outputs.logits[:, :-1].float().log_softmax(-1)
+        per_token = -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        if replay is not None and bool(replay.any()):
+            rows = replay.bool()
+            peft_model = self.accelerator.unwrap_model(model)
+            with torch.no_grad(), peft_model.disable_adapter():
+                teacher = peft_model(input_ids=input_ids[rows]).logits[:, :-1].float().log_softmax(-1)
+            kl = (teacher.exp() * (teacher - log_probs[rows])).sum(-1)
+            per_token = per_token.masked_scatter(rows[:, None].expand_as(per_token), kl)
+        loss = per_token.mean()
+        return (loss, outputs) if return_outputs else loss
 
 
 def pretrain_model(
@@ -125,7 +157,8 @@ def pretrain(
 
     model = pretrain_model(base, model_settings, settings)
     with training_dir(checkpoint_dir, out_root) as work_dir:
-        trainer = Trainer(
+        distill = settings.replay_loss == "distill" and counts["general_blocks"] > 0
+        trainer = (DistilledReplayTrainer if distill else Trainer)(
             model=model,
             args=TrainingArguments(
                 **trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0),
