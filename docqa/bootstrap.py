@@ -102,11 +102,16 @@ def general_reference() -> list[str]:
     return [f"CHAPTER {part}".strip() for part in text.split("CHAPTER ")[1:]]
 
 
-def general_replay() -> list[str]:
-    """The default general text ``pretrain.general_mix_ratio`` replays: Shakespeare's *As You Like It*,
-    shipped offline, by another author in another form than the forgetting reference, so that replay
-    cannot pass the forgetting gate by rehearsing the reference's own style and names."""
-    return [GENERAL_REPLAY_FILE.read_text(encoding="utf-8")]
+def general_replay(path: str | None = None, setting: str = "general_text") -> list[str]:
+    """The general text that training replays against forgetting (``pretrain.general_mix_ratio``,
+    ``sft.general_kl_weight``): the UTF-8 file ``path``, else Shakespeare's *As You Like It*, shipped
+    offline, by another author in another form than the forgetting reference, so that replay cannot pass
+    the forgetting gate by rehearsing the reference's own style and names."""
+    if path is None:
+        return [GENERAL_REPLAY_FILE.read_text(encoding="utf-8")]
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{setting} {path} is not a file; give a UTF-8 text file")
+    return [Path(path).read_text(encoding="utf-8")]
 
 
 def general_text_split(settings: BootstrapSettings) -> tuple[list[str], list[str]]:

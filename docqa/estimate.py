@@ -61,8 +61,8 @@ CHARS_PER_WORD = 6  # English, space included
 # rephrased keep every sentence; an LLM's rewrite is taken as the chunk's length.
 REWRITE_TOKENS_PER_CHUNK_TOKEN = {"facts": 0.65, "entities": 1.2, "shuffled": 1.0, "rephrased": 1.0}
 LLM_REWRITE_TOKENS_PER_CHUNK_TOKEN = 1.0
-# A replayed block under pretrain.replay_loss=distill also runs the base forward (no backward): about a
-# third of a training step (forward + backward ≈ 3 forwards).
+# A replayed block under pretrain.replay_loss=distill (and sft.general_kl_weight's block) also runs the
+# base forward (no backward): about a third of a training step (forward + backward ≈ 3 forwards).
 DISTILL_EXTRA_STEP_COST = 1 / 3
 # --- scaling measurements between model sizes ---------------------------------------------------------
 TRAIN_FLOPS_PER_PARAMETER = 6  # forward + backward, per token
@@ -845,6 +845,9 @@ def sft_work(qa_train: int, example_tokens: float, recipe: Recipe) -> dict[str, 
     rows = math.ceil(total / settings.max_seq_length) if settings.packing else examples
     steps = optimizer_steps(rows, settings)
     processed = round(total * steps / steps_per_epoch(rows, settings))
+    if settings.general_kl_weight > 0:  # a general block per micro-step, trained and read by the base
+        general = steps * settings.gradient_accumulation_steps * settings.max_seq_length
+        processed += round(general * (1 + DISTILL_EXTRA_STEP_COST))
     return {"sft_examples": examples, "sft_rows": rows, "sft_steps": steps, "sft_tokens": processed}
 
 

@@ -491,6 +491,18 @@ class SFTSettings(TrainSettings):
         description="a general instruction set in Alpaca format (JSON list or JSON Lines of instruction, "
         "input, output) mixed into SFT",
     )
+    general_kl_weight: float = Field(
+        0.0,
+        ge=0,
+        description="each training step also reads one block of general text (`general_text`) and adds, "
+        "with this weight, the KL divergence of the model's next-token distributions there from the "
+        "base's (every adapter off): SFT learns the answers while keeping the base's general English; 0: off",
+    )
+    general_text: str | None = Field(
+        None,
+        description="UTF-8 text file that general_kl_weight reads; empty: Shakespeare's As You Like It, "
+        "shipped with docqa (not the forgetting reference)",
+    )
     packing: bool = Field(
         True,
         description="pack examples into rows of max_seq_length without padding (best-fit decreasing), "

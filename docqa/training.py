@@ -33,6 +33,15 @@ from docqa.workspace import new_tmp_dir, publish_dir, write_json_atomic
 StepLogger = Callable[[dict[str, float], int], None]
 
 
+def kl_from_base(model: PeftModel, input_ids: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(base ‖ model) per position: how far the model's next-token distributions (``log_probs``, with
+    their gradient) are from the base's on the same tokens, the base read from the same model with every
+    adapter switched off (no second copy, no gradient)."""
+    with torch.no_grad(), model.disable_adapter():
+        teacher = model(input_ids=input_ids).logits.float().log_softmax(-1)
+    return (teacher.exp() * (teacher - log_probs)).sum(-1)
+
+
 def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments``/``SFTConfig`` from a stage's settings."""
     return {

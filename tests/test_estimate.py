@@ -353,3 +353,12 @@ def test_distilled_replay_costs_more_pretraining_work_than_token_replay(report_p
     ).work
     assert distill.pretrain_blocks == tokens.pretrain_blocks
     assert tokens.pretrain_tokens < distill.pretrain_tokens < 1.2 * tokens.pretrain_tokens
+
+
+def test_sft_general_kl_adds_a_general_block_per_step(report_pdfs):
+    plain = estimate(report_pdfs, tiny_cpu_with_test_base()).work
+    kept = estimate(report_pdfs, tiny_cpu_with_test_base("sft.general_kl_weight=1")).work
+    assert kept.sft_steps == plain.sft_steps
+    recipe = tiny_cpu_with_test_base()
+    extra = plain.sft_steps * recipe.sft.gradient_accumulation_steps * recipe.sft.max_seq_length
+    assert kept.sft_tokens - plain.sft_tokens >= extra

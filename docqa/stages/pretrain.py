@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from datasets import Dataset, concatenate_datasets
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
@@ -20,6 +19,7 @@ from docqa.stages.augment import read_augmented
 from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
+    kl_from_base,
     publish_training,
     run_training,
     trainer_arguments,
@@ -45,13 +45,7 @@ def general_blocks(
     ratio = settings.general_mix_ratio
     if ratio == 0:
         return Dataset.from_dict({"input_ids": [], "labels": []})
-    if settings.general_text:
-        path = Path(settings.general_text)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrain.general_text {path} is not a file; give a UTF-8 text file")
-        texts = [path.read_text(encoding="utf-8")]
-    else:
-        texts = general_replay()
+    texts = general_replay(settings.general_text, "pretrain.general_text")
     blocks = pack_blocks(texts, tokenizer, settings.block_size).shuffle(seed=settings.seed)
     wanted = round(domain_blocks * ratio / (1 - ratio))
     return blocks.select(range(min(wanted, len(blocks))))
@@ -107,14 +101,12 @@ class DistilledReplayTrainer(Trainer):
         inputs.pop("labels", None)  # blocks are all tokens: the targets are the inputs shifted by one
         input_ids = inputs["input_ids"]
         outputs = model(**inputs)
-        log_probs = outputs.logits[:, :-1].float().log_softmax(-1)
-        per_token = -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        log_probs = outputs.logits.float().log_softmax(-1)
+        per_token = -log_probs[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
         if replay is not None and bool(replay.any()):
             rows = replay.bool()
             peft_model = self.accelerator.unwrap_model(model)
-            with torch.no_grad(), peft_model.disable_adapter():
-                teacher = peft_model(input_ids=input_ids[rows]).logits[:, :-1].float().log_softmax(-1)
-            kl = (teacher.exp() * (teacher - log_probs[rows])).sum(-1)
+            kl = kl_from_base(peft_model, input_ids[rows], log_probs[rows])[:, :-1]
             per_token = per_token.masked_scatter(rows[:, None].expand_as(per_token), kl)
         loss = per_token.mean()
         return (loss, outputs) if return_outputs else loss

@@ -12,12 +12,14 @@ import json
 import random
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
+from docqa.bootstrap import general_replay
+from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.prompting import sft_example
 from docqa.settings import ModelSettings, SFTSettings
@@ -25,6 +27,7 @@ from docqa.stages.synthesize import read_qa
 from docqa.training import (
     LEAK_TOLERANCE,
     StepLogger,
+    kl_from_base,
     packed_attention_leak,
     publish_training,
     run_training,
@@ -91,6 +94,41 @@ def sft_model(
     return stack_trainable_adapter(model, pretrain_adapter, settings)
 
 
+class GeneralKLSFTTrainer(SFTTrainer):
+    """TRL's SFT, plus at every training step the KL divergence from the base on one block of general
+    text, weighted by ``sft.general_kl_weight``: the answers are learned while the model's next-token
+    distributions on general English are held at the base's (the blocks are taken in turn)."""
+
+    def __init__(self, *args, general_blocks: torch.Tensor, general_kl_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.general_blocks, self.general_kl_weight, self.general_reads = general_blocks, general_kl_weight, 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not model.training:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        block = self.general_blocks[self.general_reads % len(self.general_blocks)][None].to(loss.device)
+        self.general_reads += 1
+        peft_model = self.accelerator.unwrap_model(model)  # one DDP forward a step; autograd sums both
+        log_probs = peft_model(input_ids=block).logits.float().log_softmax(-1)
+        kl = kl_from_base(peft_model, block, log_probs).mean()
+        # like TRL's auxiliary losses: the answers' loss is already divided over the accumulated batch
+        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+        loss = loss + self.general_kl_weight * kl / steps
+        return (loss, outputs) if return_outputs else loss
+
+
+def general_kl_blocks(tokenizer, settings: SFTSettings) -> torch.Tensor:
+    """The general text cut into blocks of ``max_seq_length`` tokens, in a seeded order."""
+    ids = token_stream(tokenizer, general_replay(settings.general_text, "sft.general_text"))
+    length = settings.max_seq_length
+    blocks = torch.tensor(ids[: len(ids) // length * length]).view(-1, length)
+    if not len(blocks):
+        raise ValueError(f"sft.general_text holds fewer than {length} tokens: give a longer text")
+    return blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(settings.seed))]
+
+
 def sft_trainer(
     model: PeftModel,
     tokenizer,
@@ -112,8 +150,14 @@ def sft_trainer(
         packing=settings.packing,
         packing_strategy="bfd",
     )
-    return SFTTrainer(
-        model=model, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+    common = {"model": model, "args": config, "train_dataset": train, "eval_dataset": evaluation}
+    if settings.general_kl_weight == 0:
+        return SFTTrainer(**common, processing_class=tokenizer)
+    return GeneralKLSFTTrainer(
+        **common,
+        processing_class=tokenizer,
+        general_blocks=general_kl_blocks(tokenizer, settings),
+        general_kl_weight=settings.general_kl_weight,
     )
 
 
