@@ -36,9 +36,13 @@ StepLogger = Callable[[dict[str, float], int], None]
 def kl_from_base(model: PeftModel, input_ids: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
     """KL(base ‖ model) per position: how far the model's next-token distributions (``log_probs``, with
     their gradient) are from the base's on the same tokens, the base read from the same model with every
-    adapter switched off (no second copy, no gradient)."""
+    adapter switched off (no second copy, no gradient). Which weights train is kept as it was: peft's
+    ``disable_adapter`` marks every active adapter trainable on the way out, a frozen one too."""
+    trainable = [parameter.requires_grad for parameter in model.parameters()]
     with torch.no_grad(), model.disable_adapter():
         teacher = model(input_ids=input_ids).logits.float().log_softmax(-1)
+    for parameter, flag in zip(model.parameters(), trainable, strict=True):
+        parameter.requires_grad_(flag)
     return (teacher.exp() * (teacher - log_probs)).sum(-1)
 
 

@@ -97,7 +97,8 @@ def sft_model(
 class GeneralKLSFTTrainer(SFTTrainer):
     """TRL's SFT, plus at every training step the KL divergence from the base on one block of general
     text, weighted by ``sft.general_kl_weight``: the answers are learned while the model's next-token
-    distributions on general English are held at the base's (the blocks are taken in turn)."""
+    distributions on general English are held at the base's. The blocks are taken in turn, one per
+    micro-batch, indexed by the optimizer step, so a resumed run reads the blocks an unbroken one would."""
 
     def __init__(self, *args, general_blocks: torch.Tensor, general_kl_weight: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -108,7 +109,9 @@ class GeneralKLSFTTrainer(SFTTrainer):
         if not model.training:
             return result
         loss, outputs = result if return_outputs else (result, None)
-        block = self.general_blocks[self.general_reads % len(self.general_blocks)][None].to(loss.device)
+        accumulation = self.args.gradient_accumulation_steps
+        index = self.state.global_step * accumulation + self.general_reads % accumulation
+        block = self.general_blocks[index % len(self.general_blocks)][None].to(loss.device)
         self.general_reads += 1
         peft_model = self.accelerator.unwrap_model(model)  # one DDP forward a step; autograd sums both
         log_probs = peft_model(input_ids=block).logits.float().log_softmax(-1)
@@ -203,6 +206,7 @@ def sft(
         "general_examples": general,  # of train_examples: mixed-in general instructions
         "train_rows": len(rows),  # packed rows with packing, else examples
         "train_tokens": sum(len(ids) for ids in rows["input_ids"]),
+        "general_blocks": getattr(trainer, "general_reads", 0),  # read for sft.general_kl_weight (this run)
         **run.metrics(),
         "packing": settings.packing,
     }
