@@ -346,7 +346,9 @@ def test_augmented_pretraining_tokens_are_near_what_the_augment_stage_makes(prep
 
 
 def test_distilled_replay_costs_more_pretraining_work_than_token_replay(report_pdfs):
-    tokens = estimate(report_pdfs, tiny_cpu_with_test_base("pretrain.general_mix_ratio=0.25")).work
+    tokens = estimate(
+        report_pdfs, tiny_cpu_with_test_base("pretrain.general_mix_ratio=0.25", "pretrain.replay_loss=tokens")
+    ).work
     distill = estimate(
         report_pdfs,
         tiny_cpu_with_test_base("pretrain.general_mix_ratio=0.25", "pretrain.replay_loss=distill"),
@@ -356,7 +358,7 @@ def test_distilled_replay_costs_more_pretraining_work_than_token_replay(report_p
 
 
 def test_sft_general_kl_adds_a_general_block_per_step(report_pdfs):
-    plain = estimate(report_pdfs, tiny_cpu_with_test_base()).work
+    plain = estimate(report_pdfs, tiny_cpu_with_test_base("sft.general_kl_weight=0")).work
     kept = estimate(report_pdfs, tiny_cpu_with_test_base("sft.general_kl_weight=1")).work
     assert kept.sft_steps == plain.sft_steps
     recipe = tiny_cpu_with_test_base()
