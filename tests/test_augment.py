@@ -253,7 +253,9 @@ def test_pairs_first_puts_the_sft_pairs_blocks_before_the_documents_in_every_epo
     from docqa.modeling import load_tokenizer
     from docqa.stages.pretrain import training_blocks
 
-    recipe = load_recipe("tiny-cpu", ["augment.mix_qa=true", "pretrain.block_size=32"])
+    recipe = load_recipe(
+        "tiny-cpu", ["augment.mix_qa=true", "pretrain.block_size=32", "pretrain.general_mix_ratio=0"]
+    )
     tokenizer = load_tokenizer(tiny_base.path)
     documents = [f"Document {i} says that the river {i} drains into lake {i}." * 3 for i in range(20)]
     pairs = [f"PAIR {i}: which lake does river {i} drain into? Lake {i}." for i in range(10)]
@@ -266,6 +268,12 @@ def test_pairs_first_puts_the_sft_pairs_blocks_before_the_documents_in_every_epo
     after = [tokenizer.decode(row) for row in ordered[counts["pair_blocks"] :]["input_ids"]]
     assert all("PAIR" in text or "lake" in text.lower() for text in lead)
     assert all("Document" not in text for text in lead) and not any("PAIR" in text for text in after)
+
+    replayed = first.model_copy(update={"general_mix_ratio": 0.25, "replay_loss": "distill"})
+    with_replay, counts = training_blocks(documents, pairs, tokenizer, replayed, recipe.model)
+    assert counts["general_blocks"] > 0 and sum(with_replay["replay"]) == counts["general_blocks"]
+    assert not any(with_replay[: counts["pair_blocks"]]["replay"])  # the pairs still lead, then the rest
+    assert with_replay[: counts["pair_blocks"]]["input_ids"] == ordered[: counts["pair_blocks"]]["input_ids"]
 
 
 @pytest.mark.parametrize("name", ["knowledge-levers", "seed-comparison", "forgetting-mix"])
