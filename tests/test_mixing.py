@@ -175,11 +175,11 @@ def test_sft_with_general_kl_stays_nearer_the_base_on_general_text(trained, tiny
             tiny_base, recipe.model, {"pretrain": pretrained, "sft": Path(tuned.adapter_path)}
         )
         with torch.no_grad():
-            return (
-                kl_from_base(model, probe, model(input_ids=probe).logits.float().log_softmax(-1))
-                .mean()
-                .item()
-            )
+            log_probs = model(input_ids=probe).logits.float().log_softmax(-1)
+            kl = kl_from_base(model, probe, log_probs).mean().item()
+        blocks = json.loads(Path(tuned.path, "metrics.json").read_text())["general_blocks"]
+        return kl, tuned.trainable_parameters, blocks
 
-    plain, kept = distance(0.0), distance(5.0)
+    (plain, trainable, no_blocks), (kept, kept_trainable, blocks) = distance(0.0), distance(5.0)
     assert kept < 0.8 * plain, (kept, plain)
+    assert kept_trainable == trainable and (no_blocks, blocks) == (0, 8)  # one general block a step
