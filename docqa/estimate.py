@@ -799,7 +799,7 @@ def measure_work(
             + train_chunks
             + augmented_tokens(train_tokens, train_chunks, qa_train, example_tokens, recipe),
             recipe,
-        ),  # fmt: skip  (token_stream puts eos after each text)
+        ),  # token_stream puts eos after each chunk and each augmented text
         **sft_work(qa_train, example_tokens, recipe),
         sft_example_tokens=example_tokens,
         sft_example_source=example_source,

@@ -19,10 +19,11 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from docqa.bootstrap import general_replay
-from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
+from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
 from docqa.outputs import BaseModelRef, TrainOutput
 from docqa.prompting import sft_example
 from docqa.settings import ModelSettings, SFTSettings
+from docqa.stages.pretrain import pack_blocks
 from docqa.stages.synthesize import read_qa
 from docqa.training import (
     LEAK_TOLERANCE,
@@ -124,11 +125,12 @@ class GeneralKLSFTTrainer(SFTTrainer):
 
 def general_kl_blocks(tokenizer, settings: SFTSettings) -> torch.Tensor:
     """The general text cut into blocks of ``max_seq_length`` tokens, in a seeded order."""
-    ids = token_stream(tokenizer, general_replay(settings.general_text, "sft.general_text"))
-    length = settings.max_seq_length
-    blocks = torch.tensor(ids[: len(ids) // length * length]).view(-1, length)
+    texts = general_replay(settings.general_text, "sft.general_text")
+    blocks = torch.tensor(pack_blocks(texts, tokenizer, settings.max_seq_length)["input_ids"])
     if not len(blocks):
-        raise ValueError(f"sft.general_text holds fewer than {length} tokens: give a longer text")
+        raise ValueError(
+            f"sft.general_text holds fewer than {settings.max_seq_length} tokens: give a longer text"
+        )
     return blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(settings.seed))]
 
 
