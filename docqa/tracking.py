@@ -64,8 +64,9 @@ def ui_command(uri: str) -> str | None:
 
 
 # MLflow 3's UI opens an untagged experiment in its GenAI view (traces, judges); tagged as fine-tuning it
-# opens on runs, metrics and models (PITFALLS). MLflow 3.17's UI also has a global GenAI / Model training
-# switch (default GenAI) that overrides the tag: links docqa prints select the training view in the URL.
+# opens on runs, metrics and models (docs/pitfalls.md). MLflow 3.17's UI also has a global GenAI / Model
+# training switch (default GenAI) that overrides the tag: links docqa prints select the training view in
+# the URL.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"
 TRAINING_VIEW = "workflowType=machine_learning"
 WORKSPACE_TAG = "docqa.workspace"

@@ -129,7 +129,7 @@ def write_jsonl_atomic(path: Path, records: Iterable[Any]) -> None:
 
 def jsonl_records(text: str) -> list[str]:
     """The records of JSON Lines text, split on "\n" only (``str.splitlines`` also splits on characters
-    that may stand raw inside a JSON string: see PITFALLS)."""
+    that may stand raw inside a JSON string: see docs/pitfalls.md)."""
     return [line for line in text.split("\n") if line.strip()]
 
 

@@ -1,6 +1,6 @@
 """Cache keys by content: the inputs' digests, the stage's settings and the code that computes it.
 
-Prefect's default policy includes the flow run id, so it never hits across runs (see PITFALLS). Ours
+Prefect's default policy includes the flow run id, so it never hits across runs (see docs/pitfalls.md). Ours
 hashes each task parameter by what it holds: a stage output by its content digest (not its path or
 run counters), a settings model by its values, and adds the source of the modules that implement the
 stage, so a code change re-runs it.

@@ -49,7 +49,7 @@ class Backend(Protocol):
         """``backend``, ``model`` and ``prompt_version``: in the per-chunk store key and each pair's lineage.
 
         A backend adds any further entry that shapes its replies beyond the reply settings the stage
-        keys on (see ``docqa.stages.synthesize.UNKEYED_SETTINGS``). Never a secret.
+        keys on (``docqa.stages.synthesize.REPLY_SETTINGS``). Never a secret.
         """
         ...
 
