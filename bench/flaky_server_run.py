@@ -1,11 +1,11 @@
 """`docqa run` on the sample corpus against an OpenAI-compatible server that fails a third of its requests.
 
-The server is `bench/openai_stub.py` (a test double, not a model: its pairs are built from the
+The server is `tests/openai_stub.py` (a test double, not a model: its pairs are built from the
 passage's first sentences). Every third request it receives fails, in turn with HTTP 500, HTTP 429 with
 `Retry-After: 1`, and a hung connection that outlasts `synthesize.request_timeout_s`. The run must still
 build the dataset, account for every chunk and log the figures; this script writes them, with the
 baseline (the same server without failures, same run), to docs/benchmarks.md, and the baseline's
-acceptance and requests/s to docs/throughputs.json (for `docqa estimate`).
+acceptance and requests/s to docqa/data/throughputs.json (for `docqa estimate`).
 
     python bench/flaky_server_run.py
 """
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.openai_stub import StubServer, json_pairs_responder
 from bench.report import command_line, machine, record_figures, write_section
 from docqa.workspace import read_jsonl
+from tests.openai_stub import StubServer, json_pairs_responder
 
 SERVICE_S = 0.05
 HANG_S = 5.0
@@ -149,7 +149,7 @@ def main() -> None:
         "## Synthesis against a failing server (`bench/flaky_server_run.py`)\n\n"
         "`docqa run` on the bundled sample corpus (tiny-cpu recipe, `synthesize.backend=openai`, "
         f"concurrency 8, 4 attempts, {SETTINGS['synthesize.request_timeout_s']} s timeout) against "
-        f"`bench/openai_stub.py`: a test double with a {SERVICE_S:g} s service time whose pairs are built "
+        f"`tests/openai_stub.py`: a test double with a {SERVICE_S:g} s service time whose pairs are built "
         "from each passage's first sentences. The failing server answers every third request it receives "
         "with HTTP 500, HTTP 429 "
         f"(`Retry-After: 1`) or a connection that hangs {HANG_S:g} s, in turn. Baseline: the same server "
@@ -185,7 +185,7 @@ def figures(healthy: dict) -> dict[str, dict]:
                 "pairs_raw": healthy["pairs_raw"],
                 "pairs_accepted": healthy["pairs_accepted"],
             },
-            "note": "bench/openai_stub.py's pairs are the passage's first sentences: a test double",
+            "note": "tests/openai_stub.py's pairs are the passage's first sentences: a test double",
         },
         "synthesize.flaky-stub.c8": {
             **common,

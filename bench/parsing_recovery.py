@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also runnable as a script
-from bench.reply_fixtures import Case, load_reply_fixtures, pair_key
 from bench.report import write_section
 from docqa.synthesis import parse_reply
 from docqa.synthesis.base import QAPair
+from tests.reply_fixtures import Case, load_reply_fixtures, pair_key
 
 Parser = Callable[[str], list[QAPair]]
 NAIVE_REGEX = re.compile(r"Question:\s*(.+)\s*Answer:\s*(.+)")

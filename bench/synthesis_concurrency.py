@@ -2,7 +2,7 @@
 
 Two servers, each measured with concurrency 1 (the baseline, same run) and N:
 
-1. A local OpenAI-compatible server with a fixed service time per request (``bench/openai_stub.py``),
+1. A local OpenAI-compatible server with a fixed service time per request (``tests/openai_stub.py``),
    the shape of a GPU server with continuous batching below its batch limit: it isolates what the client
    does with concurrency. Goal (issue 3): at least 0.8·N× the baseline's throughput for N = 8.
 2. ``transformers serve`` for real, on the bootstrap tiny model, on this machine's CPU: the server's own
@@ -10,7 +10,7 @@ Two servers, each measured with concurrency 1 (the baseline, same run) and N:
 
     python bench/synthesis_concurrency.py [--requests 64] [--service-s 0.25] [--serve-requests 16]
 
-Every requests/s figure also goes to docs/throughputs.json, which `docqa estimate` reads. To measure a
+Every requests/s figure also goes to docqa/data/throughputs.json, which `docqa estimate` reads. To measure a
 server of your own instead (vLLM, TGI, ...: the figure a recipe's synthesis estimate needs), name it; it is
 printed and recorded, and the section of docs/benchmarks.md is left as it is:
 
@@ -27,13 +27,13 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.openai_stub import StubServer, json_pairs_responder
 from bench.report import command_line, machine, record_figures, write_section
 from docqa.estimate import model_size
 from docqa.settings import Recipe, SynthesizeSettings
 from docqa.synthesis import ChatRequest
 from docqa.synthesis.llm import qa_messages
 from docqa.synthesis.openai_backend import OpenAIChatClient
+from tests.openai_stub import StubServer, json_pairs_responder
 
 CONCURRENCY = 8
 STUB_MODEL = "fixed-latency"
@@ -142,7 +142,7 @@ def main() -> None:
     body = table(rows) + (
         "\n\nClient: `OpenAIChatClient` (async httpx, `synthesize.concurrency`), real Q&A prompts over "
         f"Python reference topics. Machine: {os.cpu_count()} CPU cores, no GPU. The fixed-latency server is "
-        "`bench/openai_stub.py`. `transformers serve` computes every reply on the same cores: without "
+        "`tests/openai_stub.py`. `transformers serve` computes every reply on the same cores: without "
         "`--continuous-batching` it generates one request at a time, so concurrency cannot help; with it, "
         "requests in flight are batched together."
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import openai_settings
+from openai_stub import StubServer, chat_response, passage_of
 from test_synthesis import SMALL_TOPICS, norm, stage_paths, topic_chunks, write_chunks
 
-from bench.openai_stub import StubServer, chat_response, passage_of
 from docqa.augmentation.rules import RULE_KINDS, reword, rewrite, terms, units
 from docqa.outputs import AUGMENT_TEXTS_FILE, qa_file
 from docqa.settings import AugmentSettings, Recipe, SettingsError, SynthesizeSettings, load_recipe

@@ -188,8 +188,7 @@ def test_the_forgetting_gate_reads_a_configured_general_text_and_can_fail(traine
 
 def test_the_optional_llm_judge_scores_the_knowledge_answers_and_is_labelled(trained, tiny_base, tmp_path):
     from conftest import openai_settings
-
-    from bench.openai_stub import StubServer, chat_response
+    from openai_stub import StubServer, chat_response
 
     def judge(body: dict) -> tuple[int, str]:
         answer = body["messages"][-1]["content"].split("Answer: ", 1)[1].split("\n", 1)[0]

@@ -4,8 +4,8 @@ reply must give exactly the pairs a careful reader recovers, and a reason when i
 from __future__ import annotations
 
 import pytest
+from reply_fixtures import Case, load_reply_fixtures, pair_key
 
-from bench.reply_fixtures import Case, load_reply_fixtures, pair_key
 from docqa.synthesis import parse_reply
 
 CASES = load_reply_fixtures()

@@ -12,8 +12,8 @@ from pydoc_data.topics import topics
 import pandas as pd
 import pytest
 from conftest import closed_port_url, openai_settings
+from openai_stub import StubServer, chat_response, json_pairs_responder, passage_of
 
-from bench.openai_stub import StubServer, chat_response, json_pairs_responder, passage_of
 from docqa.secrets import API_KEY_ENV
 from docqa.settings import SynthesizeSettings
 from docqa.stages.synthesize import (

@@ -16,7 +16,7 @@ import yaml
 
 from docqa.synthesis.base import QAPair
 
-REPLY_FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "replies"
+REPLY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "replies"
 CASE_KEYS = {"name", "style", "tags", "reply", "expected", "reason_contains"}
 
 
