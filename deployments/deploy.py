@@ -28,7 +28,7 @@ from prefect.runner.storage import LocalStorage
 from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field
 
-from docqa.settings import FLOW_SECTIONS, load_recipe
+from docqa.settings import load_recipe
 from docqa.watch import EVENT, canonical_location, resource_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,9 +132,7 @@ def pipeline_parameters(settings: DeploySettings) -> dict[str, Any]:
     return {
         "docs": canonical_location(settings.docs),
         "workspace": settings.workspace,
-        "recipe_name": recipe.name,
-        "experiment": recipe.experiment,
-        **{section: getattr(recipe, section).model_dump(mode="json") for section in FLOW_SECTIONS},
+        "recipe": recipe.model_dump(mode="json"),
         "execution": {"gpu_stages": "deployments"},
     }
 

@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,12 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from docqa.settings import FLOW_SECTIONS, RECIPES_DIR, SettingsError, load_recipe, resolve_shipped
+from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe, resolve_shipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 PREFECT_UI_URL = "http://127.0.0.1:4200"
 LOCAL_SERVER_STARTUP_S = 180
+Stage = Enum("Stage", {stage: stage for stage in STAGES}, type=str)  # --until's choices
 
 
 LIBRARY_QUIET = {
@@ -72,7 +74,7 @@ def configure_environment(workspace: Path) -> dict[str, str]:
         (workspace / "prefect").mkdir(parents=True, exist_ok=True)
     chosen["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     # a new workspace's Prefect database is created and migrated while the local server starts; on a
-    # slow 2-core machine that takes longer than Prefect's 20 s default (PITFALLS)
+    # slow 2-core machine that takes longer than Prefect's 20 s default (docs/pitfalls.md)
     chosen["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = str(LOCAL_SERVER_STARTUP_S)
     for key, value in chosen.items():
         os.environ.setdefault(key, value)
@@ -101,6 +103,10 @@ def run(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="override a setting, e.g. --set pretrain.lora.r=64")
     ] = None,
+    until: Annotated[
+        Stage | None,
+        typer.Option(help="stop after this stage (e.g. synthesize: read the Q&A before training)"),
+    ] = None,
 ) -> None:
     """Run the whole pipeline locally and print what each stage did."""
     try:
@@ -117,11 +123,7 @@ def run(
             from flows.pipeline import docqa_pipeline  # after the environment: Prefect reads it on import
 
             docqa_pipeline(
-                docs=docs,
-                workspace=str(workspace),
-                recipe_name=settings.name,
-                experiment=settings.experiment,
-                **{section: getattr(settings, section) for section in FLOW_SECTIONS},
+                docs=docs, workspace=str(workspace), recipe=settings, until=until.value if until else None
             )
     except Exception as error:
         report = _latest_report(workspace)
@@ -375,7 +377,7 @@ def estimate(
     workspace: Annotated[Path, typer.Option(help="where the sample corpus is written")] = Path("workspace"),
 ) -> None:
     """Before anything runs: pages, chunks, tokens, synthesis requests, and time per stage from the
-    throughputs measured by the benchmarks (docs/throughputs.json); unknown where none was measured."""
+    throughputs measured by the benchmarks (docqa/data/throughputs.json); unknown where none was measured."""
     try:
         settings = load_recipe(recipe, overrides)
     except SettingsError as error:
@@ -432,6 +434,14 @@ def print_summary(report: dict[str, Any]) -> None:
             stage, f"[{colour}]{info['status']}[/{colour}]", cached, f"{info['seconds']:.1f}", figures
         )
     console.print(table)
+    if report.get("stopped_after"):
+        console.print(
+            f"stopped after {report['stopped_after']}, as asked (--until); its outputs: "
+            + (", ".join(f"{k} {v}" for k, v in report.get("outputs", {}).items()) or "see the stage folders")
+            + ". Run again without --until to go on: the stages up to here come from the cache.",
+            soft_wrap=True,
+            markup=False,
+        )
     if report.get("evaluation"):
         print_evaluation(EvaluationFigures.model_validate(report["evaluation"]))
     console.print("counts: " + ", ".join(f"{k}={v}" for k, v in report.get("counts", {}).items()))

@@ -52,6 +52,7 @@ class StageRecorder:
 
     def _ingest(self, run_id: str, output: IngestOutput, cached: bool) -> dict[str, Any]:
         documents = read_documents(Path(output.path))
+        self.report.outputs["ingest"] = output.path
         self.report.documents = [
             DocumentReport(
                 path=d.path,
@@ -96,6 +97,7 @@ class StageRecorder:
 
     def _chunk(self, run_id: str, output: ChunkOutput, cached: bool) -> dict[str, Any]:
         per_document = read_document_chunks(Path(output.path))
+        self.report.outputs["chunks"] = output.path
         for document in self.report.documents:
             info = per_document.get(document.doc_id)
             if info is not None and document.duplicate_of is None:  # a duplicate's chunks count once

@@ -65,8 +65,9 @@ class RunReport(BaseModel):
     recipe: str
     workspace: str
     docs: str
-    status: Literal["running", "completed", "failed"] = "running"
+    status: Literal["running", "completed", "stopped", "failed"] = "running"
     error: str | None = None
+    stopped_after: str | None = None  # the stage a run asked to stop after (`docqa run --until`)
     started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     finished_at: str | None = None
     base_model: dict[str, Any] = Field(default_factory=dict)
@@ -95,7 +96,8 @@ class RunReport(BaseModel):
         write_text_atomic(reports / "latest.json", text)
         return path
 
-    def finish(self, error: str | None = None) -> None:
-        self.status = "failed" if error else "completed"
+    def finish(self, error: str | None = None, stopped_after: str | None = None) -> None:
+        self.status = "failed" if error else "stopped" if stopped_after else "completed"
+        self.stopped_after = stopped_after
         self.error = error
         self.finished_at = datetime.now(UTC).isoformat()

@@ -7,7 +7,6 @@ the first.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -336,12 +335,6 @@ class SynthesizeSettings(_Settings):
             problems.append("backend transformers needs model (a local model folder or hub id)")
         if self.judge and self.backend == "extractive":
             problems.append("judge needs an LLM backend (openai or transformers), not extractive")
-        key = os.environ.get("DOCQA_LLM_API_KEY")
-        if key and any(key in str(value) for value in (self.base_url, self.model)):
-            problems.append(
-                "the API key must not be part of base_url or model (both are logged); "
-                "keep it in DOCQA_LLM_API_KEY only"
-            )
         if self.retry_max_wait_s < self.retry_initial_wait_s:
             problems.append("retry_max_wait_s must be at least retry_initial_wait_s")
         if len(self.language) != 2 or not self.language.isalpha() or not self.language.islower():
@@ -703,8 +696,7 @@ class Recipe(_Settings):
 
 
 STAGES = ("ingest", "chunk", "synthesize", "augment", "pretrain", "sft", "evaluate")
-# the recipe sections the pipeline flow takes as parameters (besides its name and experiment)
-FLOW_SECTIONS = ("model", "source", "split", *STAGES, "registry")
+StageName = Literal["ingest", "chunk", "synthesize", "augment", "pretrain", "sft", "evaluate"]
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 

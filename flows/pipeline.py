@@ -1,6 +1,8 @@
 """The docqa pipeline: ingest → chunk → synthesize → pretrain → sft → evaluate, as one Prefect flow.
 
-Every parameter is a pydantic model, so "Run" in the Prefect UI shows one form per stage. Tasks pass
+The recipe is one parameter, a pydantic model, so "Run" in the Prefect UI shows it as one form with a
+section per stage, and the run, its MLflow params and its model package all hold the very value that
+was passed (nothing is rebuilt from parts). Tasks pass
 paths and content digests; cache keys are content hashes, so a re-run with the same documents and
 recipe trains nothing, and a new document costs only its own ingest, chunks and synthesis.
 """
@@ -33,22 +35,7 @@ from docqa.report import RunReport
 from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
 from docqa.secrets import redact
-from docqa.settings import (
-    AugmentSettings,
-    ChunkSettings,
-    EvaluateSettings,
-    ExecutionSettings,
-    IngestSettings,
-    ModelSettings,
-    PretrainSettings,
-    Recipe,
-    RegistrySettings,
-    SFTSettings,
-    SourceSettings,
-    SplitSettings,
-    SynthesizeSettings,
-    flatten,
-)
+from docqa.settings import ExecutionSettings, Recipe, StageName, SynthesizeSettings, flatten
 from docqa.stages.ingest import list_documents
 from docqa.tracking import Tracker, code_version
 from docqa.watch import changes_since_trained, fingerprint, write_state
@@ -84,12 +71,28 @@ class StageFailed(RuntimeError):
     """A stage failed; the message names it and says why."""
 
 
+class StoppedAfter(Exception):
+    """The run reached the stage it was asked to stop after (``until``)."""
+
+    def __init__(self, stage: str, output: Any) -> None:
+        super().__init__(stage)
+        self.stage, self.output = stage, output
+
+
 class PipelineRun:
     """Bookkeeping for one flow run: times each stage, records it, writes the report even on failure."""
 
-    def __init__(self, ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings):
+    def __init__(
+        self,
+        ws: Workspace,
+        docs: str | None,
+        recipe: Recipe,
+        execution: ExecutionSettings,
+        until: StageName | None = None,
+    ):
         self.ws = ws
         self.execution = execution
+        self.until = until
         self.tracker = Tracker(ws.local, recipe.experiment, location=ws.location)
         if ws.remote and execution.gpu_stages == "deployments" and self.tracker.uri.startswith("sqlite"):
             raise ValueError(
@@ -157,6 +160,8 @@ class PipelineRun:
             record.seconds,
             record.figures,
         )
+        if name == self.until:
+            raise StoppedAfter(name, output)
         return output
 
     def _run_deployment(self, name: str, kwargs: dict[str, Any]) -> tuple[str | None, Any, bool]:
@@ -223,6 +228,26 @@ class PipelineRun:
         self.tracker.set_tags(self.report.mlflow_run_id, {"docqa.error": str(error)[:5000]})
         self.tracker.end(self.report.mlflow_run_id, "FAILED")
 
+    def stop(self, stopped: StoppedAfter) -> None:
+        """The run ends after the stage it was asked to stop after: a finished run, not a failed one."""
+        where = getattr(stopped.output, "path", None)
+        self.report.finish(stopped_after=stopped.stage)
+        path = self.write_report()
+        self.tracker.set_tags(self.report.mlflow_run_id, {"docqa.stopped_after": stopped.stage})
+        self.tracker.log_artifact(self.report.mlflow_run_id, path, "report")
+        self.tracker.end(self.report.mlflow_run_id)
+        create_markdown_artifact(
+            key="docqa-stopped",
+            markdown=f"Stopped after **{stopped.stage}**, as asked (`until`). Its output: `{where}`. "
+            "A run without `until` takes every stage up to here from the cache.",
+            description=f"Stopped after {stopped.stage}",
+        )
+        self.logger.info(
+            "stopped after %s, as asked (until); its output: %s. A run without until takes it from the cache",
+            stopped.stage,
+            where,
+        )
+
     def complete(self) -> None:
         self.report.finish()
         path = self.write_report()
@@ -249,21 +274,10 @@ def _settings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
 def docqa_pipeline(
     docs: str | None = None,
     workspace: str = "workspace",
-    recipe_name: str = DEFAULTS.name,
-    experiment: str = DEFAULTS.experiment,
+    recipe: Recipe = DEFAULTS,
+    until: StageName | None = None,
     skip_if_unchanged: bool = False,
-    model: ModelSettings = DEFAULTS.model,
-    source: SourceSettings = DEFAULTS.source,
-    ingest: IngestSettings = DEFAULTS.ingest,
-    chunk: ChunkSettings = DEFAULTS.chunk,
-    split: SplitSettings = DEFAULTS.split,
-    synthesize: SynthesizeSettings = DEFAULTS.synthesize,
-    augment: AugmentSettings = DEFAULTS.augment,
-    pretrain: PretrainSettings = DEFAULTS.pretrain,
-    sft: SFTSettings = DEFAULTS.sft,
-    evaluate: EvaluateSettings = DEFAULTS.evaluate,
-    registry: RegistrySettings = DEFAULTS.registry,
-    execution: ExecutionSettings = ExecutionSettings(),  # noqa: B008 (a frozen default, as the others)
+    execution: ExecutionSettings = ExecutionSettings(),  # noqa: B008 (a frozen default, as the recipe)
 ) -> dict[str, Any]:
     """PDFs in, held-out-evaluated LoRA adapters out, registered in MLflow behind a promotion gate.
 
@@ -272,38 +286,16 @@ def docqa_pipeline(
             corpus (or only source.arxiv_ids when those are set)
         workspace: where stage outputs, reports and the local MLflow store go: a path every worker
             mounts, or an fsspec URL (s3://bucket/prefix) that workers exchange outputs through
-        recipe_name: names the run and the registered model (docqa-<recipe_name>)
-        experiment: the MLflow experiment
+        recipe: every setting of the run, one section per stage (a recipe YAML, validated as a whole):
+            the name names the run and the registered model (docqa-<name>), the experiment is MLflow's;
+            the model package's recipe.yaml is this value
+        until: stop after this stage, e.g. synthesize to read the Q&A before paying for training; the
+            report, MLflow and this flow run say where it stopped, and a later run without it takes
+            every stage up to there from the cache
         skip_if_unchanged: do nothing when the documents are those the last completed run trained on
             (what the scheduled safety-net run sets)
-        model: the base model and its 4-bit quantisation
-        source: arXiv ids and how remote documents are downloaded
-        ingest: text extraction and cleaning
-        chunk: token-sized chunks
-        split: which documents are held out for evaluation
-        synthesize: the Q&A synthesis backend and its quality filters
-        augment: knowledge augmentation: rewrites of each chunk, and the SFT pairs as text, for pretraining
-        pretrain: domain-adaptive pretraining (QLoRA)
-        sft: supervised fine-tuning on the Q&A (QLoRA, stacked on the pretraining adapter)
-        evaluate: held-out evaluation and the forgetting gate
-        registry: model registration and the champion gate
         execution: where the GPU stages run: in this process, or as deployments on the GPU pool
     """
-    recipe = Recipe(
-        name=recipe_name,
-        experiment=experiment,
-        model=model,
-        source=source,
-        ingest=ingest,
-        chunk=chunk,
-        split=split,
-        synthesize=synthesize,
-        augment=augment,
-        pretrain=pretrain,
-        sft=sft,
-        evaluate=evaluate,
-        registry=registry,
-    )
     ws = Workspace(workspace)
     holder = {
         "flow run": str(flow_run.name or "local"),
@@ -312,11 +304,16 @@ def docqa_pipeline(
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with workspace_lock(ws.local, holder):
-        return _run_pipeline(ws, docs, recipe, execution, skip_if_unchanged)
+        return _run_pipeline(ws, docs, recipe, execution, skip_if_unchanged, until)
 
 
 def _run_pipeline(
-    ws: Workspace, docs: str | None, recipe: Recipe, execution: ExecutionSettings, skip_if_unchanged: bool
+    ws: Workspace,
+    docs: str | None,
+    recipe: Recipe,
+    execution: ExecutionSettings,
+    skip_if_unchanged: bool,
+    until: StageName | None,
 ) -> dict[str, Any]:
     root = ws.local
     if not docs and not recipe.source.arxiv_ids:
@@ -326,10 +323,13 @@ def _run_pipeline(
     if skip_if_unchanged and changed is not None and changed.empty:
         get_run_logger().info("documents at %s unchanged since the last completed run: nothing to do", docs)
         return {"status": "unchanged", "docs": docs}
-    run = PipelineRun(ws, docs, recipe, execution)
+    run = PipelineRun(ws, docs, recipe, execution, until)
     run.report.documents_changed = changed.model_dump() if changed is not None else None
     try:
         _run_stages(run, root, docs, recipe)
+    except StoppedAfter as stopped:  # what the watcher compares with stays the last complete run's
+        run.stop(stopped)
+        return run.report.model_dump(mode="json")
     except BaseException as error:
         run.fail(error)
         raise

@@ -20,11 +20,22 @@ from prefect.artifacts import create_table_artifact
 
 from docqa.figures import EvaluationFigures, stage_figures
 from docqa.outputs import read_log_history
-from docqa.settings import FLOW_SECTIONS, STAGES, load_recipe
+from docqa.settings import STAGES, Recipe, load_recipe
 from docqa.tracking import Tracker
 from flows.pipeline import docqa_pipeline
 
 TRAINING_STAGES = ("pretrain", "sft")
+
+
+def variant_recipe(recipe: Recipe, variant: str) -> Recipe:
+    """The recipe a variant runs: named after it, and never promoted (variants are compared here, none
+    of them becomes the champion on its own)."""
+    return recipe.model_copy(
+        update={
+            "name": f"{recipe.name}+{variant}",
+            "registry": recipe.registry.model_copy(update={"enabled": False}),
+        }
+    )
 
 
 def comparison_row(name: str, overrides: list[str], report: dict[str, Any]) -> dict[str, Any]:
@@ -87,11 +98,7 @@ def docqa_sweep(
         report = docqa_pipeline.with_options(flow_run_name=f"sweep-{name}")(
             docs=docs,
             workspace=workspace,
-            recipe_name=f"{settings.name}+{name}",
-            experiment=settings.experiment,
-            **{section: getattr(settings, section) for section in FLOW_SECTIONS if section != "registry"},
-            # variants are compared here, not promoted: none of them becomes the champion on its own
-            registry=settings.registry.model_copy(update={"enabled": False}),
+            recipe=variant_recipe(settings, name),
         )
         rows.append(comparison_row(name, variants[name], report))
         histories[name] = {

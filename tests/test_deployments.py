@@ -3,6 +3,7 @@ pool templates render to NVIDIA device requests, and the pipeline re-trains on t
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.templating import apply_values
 
-from deployments.deploy import CPU_POOL, GPU_POOL, DeploySettings, deployments, pools
-from docqa.settings import FLOW_SECTIONS
+from deployments.deploy import CPU_POOL, GPU_POOL, DeploySettings, deployments, pipeline_parameters, pools
+from docqa.settings import STAGES, load_recipe
 from docqa.watch import EVENT, resource_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +33,36 @@ def test_every_stage_is_a_form_in_the_ui(monkeypatch):
     monkeypatch.chdir(ROOT)
     schema = parameter_schema(load_flow_from_entrypoint("flows/pipeline.py:docqa_pipeline").fn)
     definitions = schema.definitions
-    for parameter in (*FLOW_SECTIONS, "execution"):
-        reference = schema.properties[parameter]["$ref"].rsplit("/", 1)[-1]
-        assert definitions[reference]["properties"], f"{parameter} renders as a form with fields"
-        assert schema.properties[parameter].get("description"), f"{parameter} has help text"
-    pretrain = definitions[schema.properties["pretrain"]["$ref"].rsplit("/", 1)[-1]]["properties"]
+
+    def fields(reference: dict) -> dict:
+        return definitions[reference["$ref"].rsplit("/", 1)[-1]]["properties"]
+
+    assert schema.properties["recipe"].get("description"), "the recipe has help text"
+    assert schema.properties["execution"].get("description"), "execution has help text"
+    assert fields(schema.properties["execution"])
+    recipe = fields(schema.properties["recipe"])
+    for section in ("model", "source", "split", *STAGES, "registry"):
+        assert fields(recipe[section]), f"{section} renders as a form with fields"
+    pretrain = fields(recipe["pretrain"])
     assert "lora" in pretrain and "learning_rate" in pretrain
     assert "description" in pretrain["block_size"]  # help text shown beside the field
     assert pretrain["learning_rate"]["exclusiveMinimum"] == 0  # bounds the form enforces
+
+
+def test_the_deployment_carries_the_whole_recipe_to_the_flow(monkeypatch, tmp_path):
+    """What `docqa deploy` stores as the pipeline's parameters, read back as the flow reads them (JSON
+    through Prefect's parameter validation), is the recipe it was made from, description included."""
+    monkeypatch.chdir(ROOT)
+    recipe_file = tmp_path / "custom.yaml"
+    recipe_file.write_text(
+        "name: custom\ndescription: a recipe of one's own\npretrain: {lora: {r: 12}}\nsft: {epochs: 2}\n"
+    )
+    parameters = json.loads(json.dumps(pipeline_parameters(settings(tmp_path, recipe=str(recipe_file)))))
+    flow = load_flow_from_entrypoint("flows/pipeline.py:docqa_pipeline")
+    validated = flow.validate_parameters(parameters)
+    assert validated["recipe"] == load_recipe(recipe_file)
+    assert validated["recipe"].description == "a recipe of one's own"
+    assert validated["recipe"].pretrain.lora.r == 12
 
 
 def test_docker_gpu_pool_requests_nvidia_devices_and_shared_memory(tmp_path):
@@ -99,3 +122,15 @@ def test_the_pipeline_deployment_retrains_on_the_watchers_event(tmp_path, monkey
     for name in ("docqa-pretrain", "docqa-sft", "docqa-evaluate"):  # entrypoints the workers will load
         deployment, _ = by_name[name]
         assert load_flow_from_entrypoint(deployment.entrypoint).name == name
+
+
+def test_each_gpu_stage_flow_takes_its_tasks_parameters(monkeypatch):
+    """The stage flows declare no signature of their own: each takes its task's (one place to change)."""
+    from tasks.stages import evaluate_task, pretrain_task, sft_task
+
+    monkeypatch.chdir(ROOT)
+    for stage, task in (("pretrain", pretrain_task), ("sft", sft_task), ("evaluate", evaluate_task)):
+        flow = load_flow_from_entrypoint(f"flows/stages.py:{stage}_stage")
+        schema = parameter_schema(flow.fn)
+        assert schema.model_dump() == parameter_schema(task.fn).model_dump()
+        assert {"base", "model", "settings", "workspace"} <= set(schema.required)

@@ -18,13 +18,13 @@ import torch
 import yaml
 from conftest import tiny_recipe, write_topic_documents
 from mlflow.tracking import MlflowClient
+from openai_stub import StubServer, chat_response, passage_of, sentence_pairs
 from pdf_factory import Run, write_encrypted_pdf, write_raw_pdf, write_report_pdf, write_truncated_pdf
 
-from bench.openai_stub import StubServer, chat_response, passage_of, sentence_pairs
 from docqa.modeling import load_adapted_model, load_tokenizer
 from docqa.package import load_packaged_model, resolve_model
 from docqa.secrets import API_KEY_ENV
-from docqa.settings import FLOW_SECTIONS, STAGES, Recipe, SynthesizeSettings
+from docqa.settings import STAGES, Recipe, SynthesizeSettings
 from docqa.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -35,21 +35,14 @@ RECIPE = tiny_recipe(
     split={"eval_documents": ["names.txt"], "eval_fraction": 0.01},
     evaluate={"max_forgetting_ratio": 10.0},
     registry={"min_knowledge_gain": -1.0},
-)
+).model_copy(update={"description": "the flow tests' recipe"})
 
 
 def run_pipeline(docs: Path, workspace: Path, recipe: Recipe = RECIPE, **options) -> dict:
     from flows.pipeline import docqa_pipeline
 
-    sections = {name: getattr(recipe, name) for name in FLOW_SECTIONS}
-    return docqa_pipeline(
-        docs=str(docs),
-        workspace=str(workspace),
-        recipe_name=recipe.name,
-        experiment="docqa-test",
-        **sections,
-        **options,
-    )
+    recipe = recipe.model_copy(update={"experiment": "docqa-test"})
+    return docqa_pipeline(docs=str(docs), workspace=str(workspace), recipe=recipe, **options)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +114,17 @@ def test_report_contract(cold):
     forgetting = evaluation["forgetting"]
     assert {"base", "tuned", "ratio", "passed"} <= set(forgetting) and isinstance(forgetting["passed"], bool)
     assert report["metrics"]["trainable_parameters"] > 0
+
+
+def test_the_recipe_that_ran_is_the_one_packaged_and_logged_whole(cold):
+    """The recipe travels as one value: the package's recipe.yaml and the run's MLflow params are the
+    recipe passed in, down to its description (a flow that rebuilt it from sections dropped that)."""
+    report, workspace = cold
+    passed = RECIPE.model_copy(update={"experiment": "docqa-test"})
+    packaged = yaml.safe_load((Path(report["outputs"]["model_package"]) / "recipe.yaml").read_text())
+    assert Recipe.model_validate(packaged) == passed
+    params = MlflowClient(tracking_uri(workspace)).get_run(report["mlflow_run_id"]).data.params
+    assert params["description"] == passed.description and params["name"] == passed.name
 
 
 def test_mlflow_holds_the_run_its_stages_datasets_and_loadable_adapters(cold, tiny_base):
@@ -217,6 +221,36 @@ def test_second_run_trains_nothing(cold, corpus):
     assert verdict["champion_version"] == first["registry"]["version"]
     assert any("does not beat the champion's" in r for r in verdict["reasons"])
     assert second["registry"]["data_diff"]["documents_added"] == []
+
+
+def test_a_run_stops_after_the_stage_asked_and_the_next_run_takes_it_from_the_cache(
+    prefect_harness, corpus, tmp_path
+):
+    from prefect import get_client
+
+    workspace = tmp_path / "ws"
+    first = run_pipeline(corpus, workspace, until="synthesize")
+    assert (first["status"], first["stopped_after"], first["error"]) == ("stopped", "synthesize", None)
+    assert {s: first["stages"][s]["status"] for s in STAGES} == {
+        "ingest": "completed", "chunk": "completed", "synthesize": "completed",
+        "augment": "not_run", "pretrain": "not_run", "sft": "not_run", "evaluate": "not_run",
+    }  # fmt: skip
+    assert (Path(first["outputs"]["synthesis"]) / "qa_train.parquet").is_file()  # the data to inspect
+    assert first["counts"]["qa_train"] > 0 and first["evaluation"] is None
+    assert json.loads((workspace / "reports" / "latest.json").read_text()) == first
+    parent = MlflowClient(tracking_uri(workspace)).get_run(first["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["docqa.stopped_after"] == "synthesize"
+    query = {"artifacts": {"flow_run_id": {"any_": [first["flow_run_id"]]}}, "limit": 50}
+    with get_client(sync_client=True) as client:
+        keys = {a["key"] for a in client.request("POST", "/artifacts/filter", json=query).json()}
+    assert "docqa-stopped" in keys
+
+    second = run_pipeline(corpus, workspace, until="augment")
+    assert [second["stages"][s]["cached"] for s in ("ingest", "chunk", "synthesize")] == [True] * 3
+    assert second["stages"]["augment"]["status"] == "completed" and not second["stages"]["augment"]["cached"]
+    assert second["counts"]["synthesis_requests"] == 0 and second["stopped_after"] == "augment"
+    # a stopped run trained nothing: the watcher still sees every document as new
+    assert sorted(second["documents_changed"]["added"]) == sorted(p.name for p in corpus.iterdir())
 
 
 def test_the_safety_net_run_does_nothing_when_the_documents_are_unchanged(cold, corpus):

@@ -9,8 +9,10 @@ from pydoc_data.topics import topics
 
 import pytest
 from conftest import closed_port_url, openai_settings
+from openai_stub import StubServer, chat_response, json_pairs_responder, passage_of, sentence_pairs
 
-from bench.openai_stub import StubServer, chat_response, json_pairs_responder, passage_of, sentence_pairs
+from docqa.secrets import API_KEY_ENV
+from docqa.settings import load_recipe
 from docqa.synthesis import ChatRequest, ChunkRequest, ChunkResult, make_backend
 from docqa.synthesis.llm import PROMPT_VERSION, LLMBackend
 from docqa.synthesis.openai_backend import OpenAIChatClient, retry_after_seconds
@@ -24,6 +26,19 @@ def run_backend(base_url: str, texts: list[str], **overrides) -> list[ChunkResul
         ChunkRequest(chunk_id=f"c{i}", text=t, doc_title="Python reference") for i, t in enumerate(texts)
     ]
     return sorted(backend.generate(requests), key=lambda r: int(r.chunk_id[1:]))
+
+
+def test_a_key_written_into_the_url_is_refused_where_the_key_is_used(monkeypatch) -> None:
+    """The recipe is valid in any shell; the client, which reads the key, refuses a URL that holds it
+    (the URL is logged)."""
+    settings = openai_settings("http://h/v1?key=sk-secret-123")
+    monkeypatch.setenv(API_KEY_ENV, "sk-secret-123")
+    assert load_recipe(None, ["synthesize.backend=openai", "synthesize.model=m",
+                              "synthesize.base_url=http://h/v1?key=sk-secret-123"])  # fmt: skip
+    with pytest.raises(ValueError, match=f"keep it in {API_KEY_ENV} only"):
+        OpenAIChatClient(settings)
+    monkeypatch.setenv(API_KEY_ENV, "another-key")
+    assert OpenAIChatClient(settings).url == "http://h/v1?key=sk-secret-123/chat/completions"
 
 
 def test_reads_json_replies_and_sends_the_prompt() -> None:

@@ -26,7 +26,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from docqa.secrets import api_key, redact
+from docqa.secrets import API_KEY_ENV, api_key, redact
 from docqa.settings import SynthesizeSettings
 from docqa.synthesis.base import ChatReply, ChatRequest
 
@@ -78,6 +78,14 @@ class OpenAIChatClient:
     def __init__(self, settings: SynthesizeSettings) -> None:
         if not settings.base_url or not settings.model:
             raise ValueError("the openai synthesis backend needs synthesize.base_url and synthesize.model")
+        # checked here, where the key is used, not in the settings: a recipe's validity must not depend
+        # on the shell it is read in
+        key = api_key()
+        if key and any(key in value for value in (settings.base_url, settings.model)):
+            raise ValueError(
+                f"the API key must not be part of synthesize.base_url or synthesize.model (both are "
+                f"logged); keep it in {API_KEY_ENV} only"
+            )
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
 
