@@ -1,12 +1,13 @@
 """The training stages on several processes: DDP through ``torchrun`` or ``accelerate launch``.
 
 With ``<stage>.num_processes`` above 1 the Prefect task does not train in its own process: it writes the
-stage's arguments to a JSON file and starts the launcher, which runs ``python -m docqa.launch FILE`` once
-per process. Every rank builds the same model and ``Trainer`` (DDP shards the data and averages the
-gradients; gloo on CPU, NCCL on GPUs), rank 0 alone logs to MLflow and publishes the adapter, every rank
-checks that its trained weights equal rank 0's, and rank 0 writes the ``TrainOutput`` for the task to
-read. FSDP is the same path with ``launcher: accelerate`` and an accelerate config file that sets it up
-(see the README: QLoRA under FSDP needs ``bnb_4bit_quant_storage`` equal to the compute dtype).
+stage's job (``docqa.jobs``) to a JSON file and starts the launcher, which runs
+``python -m docqa.launch FILE`` once per process. Every rank builds the same model and ``Trainer`` (DDP
+shards the data and averages the gradients; gloo on CPU, NCCL on GPUs), rank 0 alone logs to MLflow and
+publishes the adapter, every rank checks that its trained weights equal rank 0's, and rank 0 writes the
+``TrainOutput`` for the task to read. FSDP is the same path with ``launcher: accelerate`` and an
+accelerate config file that sets it up (see the README: QLoRA under FSDP needs
+``bnb_4bit_quant_storage`` equal to the compute dtype).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from docqa.outputs import BaseModelRef, TrainOutput
-from docqa.settings import ModelSettings, PretrainSettings, SFTSettings, TrainSettings
+from pydantic import TypeAdapter
+
+from docqa.jobs import TrainingJob
+from docqa.outputs import TrainOutput
+from docqa.settings import TrainSettings
 
 RESULT_SUFFIX = ".result.json"
 
@@ -41,33 +45,34 @@ def launch_command(settings: TrainSettings, args_file: Path) -> list[str]:
             "-m", "docqa.launch", str(args_file)]  # fmt: skip
 
 
-def train_distributed(
-    stage: str,
-    args: dict[str, Any],
-    settings: PretrainSettings | SFTSettings,
-    out_root: Path,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
-) -> TrainOutput:
-    """Run ``stage`` (pretrain or sft) under the configured launcher; returns rank 0's output.
+def run_job(job: TrainingJob, mlflow_uri: str | None = None, mlflow_run_id: str | None = None) -> TrainOutput:
+    """Run a training job: in this process, or under the launcher when its settings ask for several
+    processes. With an MLflow run, every logged step goes there as it happens (from rank 0)."""
+    if job.settings.num_processes > 1:
+        return train_distributed(job, mlflow_uri, mlflow_run_id)
+    from docqa.tracking import step_logger
 
-    ``args`` are the stage function's arguments (paths as strings, settings and the base as models)."""
+    return job.run(step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None)
+
+
+def train_distributed(
+    job: TrainingJob, mlflow_uri: str | None = None, mlflow_run_id: str | None = None
+) -> TrainOutput:
+    """Run the job under the configured launcher, one process per device; returns rank 0's output.
+
+    The job crosses the process boundary as JSON (``model_dump_json``) and is validated back on each rank."""
+    settings, out_root = job.settings, Path(job.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     args_file = out_root / f".launch-{uuid.uuid4().hex[:12]}.json"
-    payload = {
-        "stage": stage,
-        "args": {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in args.items()},
-        "mlflow_uri": mlflow_uri,
-        "mlflow_run_id": mlflow_run_id,
-    }
+    payload = {"job": job.model_dump(mode="json"), "mlflow_uri": mlflow_uri, "mlflow_run_id": mlflow_run_id}
     args_file.write_text(json.dumps(payload))
     result_file = args_file.with_name(args_file.stem + RESULT_SUFFIX)
     try:
         done = subprocess.run(launch_command(settings, args_file), capture_output=True, text=True)
         if done.returncode != 0 or not result_file.is_file():
             raise RuntimeError(
-                f"{stage} on {settings.num_processes} processes ({settings.launcher}) failed with exit code "
-                f"{done.returncode}; the launcher's output ends:\n{(done.stdout + done.stderr)[-4000:]}"
+                f"{job.stage} on {settings.num_processes} processes ({settings.launcher}) failed with exit "
+                f"code {done.returncode}; the launcher's output ends:\n{(done.stdout + done.stderr)[-4000:]}"
             )
         return TrainOutput.model_validate_json(result_file.read_text())
     finally:
@@ -78,29 +83,11 @@ def train_distributed(
 def _run(payload: dict[str, Any]) -> TrainOutput:
     from docqa.tracking import step_logger
 
-    args = payload["args"]
+    job = TypeAdapter(TrainingJob).validate_python(payload["job"])
     on_log = None
     if payload["mlflow_run_id"] and rank() == 0:
         on_log = step_logger(payload["mlflow_uri"], payload["mlflow_run_id"])
-    base = BaseModelRef.model_validate(args["base"])
-    model = ModelSettings.model_validate(args["model_settings"])
-    checkpoints = Path(args["checkpoint_dir"]) if args.get("checkpoint_dir") else None
-    if payload["stage"] == "pretrain":
-        from docqa.stages.pretrain import pretrain
-
-        settings = PretrainSettings.model_validate(args["settings"])
-        augmented = Path(args["augmented_path"]) if args.get("augmented_path") else None
-        return pretrain(
-            Path(args["chunks_path"]), base, model, settings, Path(args["out_root"]), on_log, checkpoints,
-            augmented,
-        )  # fmt: skip
-    from docqa.stages.sft import sft
-
-    settings = SFTSettings.model_validate(args["settings"])
-    return sft(
-        Path(args["qa_path"]), Path(args["pretrain_adapter"]), base, model, settings, Path(args["out_root"]),
-        on_log, checkpoints,
-    )  # fmt: skip
+    return job.run(on_log)
 
 
 def main(args_file: str) -> None:

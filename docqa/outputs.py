@@ -32,6 +32,10 @@ CHUNK_DOCUMENTS_FILE = "documents.json"
 ADAPTER_DIR = "adapter"
 LOG_HISTORY_FILE = "log_history.json"
 GENERATIONS_FILE = "generations.jsonl"
+# the two adapters' names, in the order they stack on the base: in the PEFT model, the package's
+# adapters/ folder, the evaluation's model states and MLflow
+PRETRAIN_ADAPTER, SFT_ADAPTER = "pretrain", "sft"
+ADAPTER_ORDER = (PRETRAIN_ADAPTER, SFT_ADAPTER)
 
 
 # --- the base model ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from docqa.hashing import json_digest
-from docqa.outputs import TOKENIZER_FILES, BaseModelRef
+from docqa.outputs import ADAPTER_ORDER, TOKENIZER_FILES, BaseModelRef
 from docqa.settings import ModelSettings, Recipe
 from docqa.workspace import (
     cache_root,
@@ -40,7 +40,6 @@ from docqa.workspace import (
 
 FORMAT = "docqa-model/1"
 MANIFEST = "docqa_model.json"
-ADAPTER_ORDER = ("pretrain", "sft")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from docqa.outputs import BaseModelRef, EvalOutput, SynthesizeOutput, TrainOutput
+from docqa.outputs import (
+    PRETRAIN_ADAPTER,
+    SFT_ADAPTER,
+    BaseModelRef,
+    EvalOutput,
+    SynthesizeOutput,
+    TrainOutput,
+)
 from docqa.package import (
     ModelManifest,
     corpus_fingerprint,
@@ -61,7 +68,7 @@ def package_run(
         metrics=headline_metrics(evaluation),
         qa_counts={"train": qa.qa_train, "knowledge": qa.qa_knowledge, "eval": qa.qa_eval},
     )
-    adapters = {"pretrain": Path(pretrained.adapter_path), "sft": Path(tuned.adapter_path)}
+    adapters = {PRETRAIN_ADAPTER: Path(pretrained.adapter_path), SFT_ADAPTER: Path(tuned.adapter_path)}
     # the report as it stands once every stage has completed; the promotion verdict is not known yet
     # (the model version's tags and registry/promotion-*.json hold it), nor the run's end
     snapshot = report.model_dump(mode="json", exclude={"status", "error", "finished_at", "registry"})

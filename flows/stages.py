@@ -5,7 +5,7 @@ With ``execution.gpu_stages=deployments`` the pipeline (on a CPU pool) starts th
 parent. A stage flow runs the very task the pipeline runs locally (same cache keys, so a stage done in
 either mode is not done again) and leaves its result in the shared workspace, where the pipeline reads
 it: ``WORKSPACE/stage-results/<flow run id>.json``. A failing task fails the flow run, and the pipeline
-fails with it (``run_deployment`` alone would leave the parent Completed: see PITFALLS).
+fails with it (``run_deployment`` alone would leave the parent Completed: see docs/pitfalls.md).
 
 With a workspace URL (``s3://…``) the inputs arrive as URLs on the store: the flow fetches them into
 this machine's mirror, runs the task there and shares its output back (:class:`docqa.workspace.Workspace`).
@@ -13,13 +13,13 @@ this machine's mirror, runs the task there and shares its output back (:class:`d
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from docqa.outputs import AugmentOutput, BaseModelRef, ChunkOutput, EvalOutput, SynthesizeOutput, TrainOutput
-from docqa.settings import EvaluateSettings, ModelSettings, PretrainSettings, SFTSettings, SynthesizeSettings
+from docqa.outputs import BaseModelRef, EvalOutput, TrainOutput
 from docqa.workspace import StageOutput, Workspace
 from tasks.caching import run_cached
 from tasks.stages import evaluate_task, pretrain_task, sft_task
@@ -47,53 +47,31 @@ def _run(stage: str, task, kwargs: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-@flow(name="docqa-pretrain", description="Domain-adaptive QLoRA pretraining (a GPU stage of docqa-pipeline)")
-def pretrain_stage(
-    chunks: ChunkOutput,
-    augmented: AugmentOutput | None,
-    base: BaseModelRef,
-    model: ModelSettings,
-    settings: PretrainSettings,
-    workspace: str,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
-    mixed_in_digest: str | None = None,
-) -> dict[str, Any]:
-    return _run("pretrain", pretrain_task, dict(locals()))  # the parameters, as the task takes them
+def _stage_flow(stage: str, task, description: str):
+    """The stage's flow: the task's own parameters (Prefect reads ``__signature__`` for the deployment's
+    form and to validate a run's parameters), the task run as the pipeline runs it. The function stays
+    this module's, so the deployment's entrypoint is ``flows/stages.py:<stage>_stage``."""
+
+    def run_stage(**parameters: Any) -> dict[str, Any]:
+        return _run(stage, task, parameters)
+
+    signature = inspect.signature(task.fn, eval_str=True)  # the types, not their names in tasks/stages.py
+    run_stage.__signature__ = signature.replace(return_annotation=dict[str, Any])
+    run_stage.__annotations__ = {name: p.annotation for name, p in signature.parameters.items()}
+    run_stage.__doc__ = task.fn.__doc__
+    run_stage.__name__ = run_stage.__qualname__ = f"{stage}_stage"
+    return flow(name=f"docqa-{stage}", description=description)(run_stage)
 
 
-@flow(name="docqa-sft", description="SFT with QLoRA on the Q&A (a GPU stage of docqa-pipeline)")
-def sft_stage(
-    qa: SynthesizeOutput,
-    pretrained: TrainOutput,
-    base: BaseModelRef,
-    model: ModelSettings,
-    settings: SFTSettings,
-    workspace: str,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
-    mixed_in_digest: str | None = None,
-) -> dict[str, Any]:
-    return _run("sft", sft_task, dict(locals()))  # the parameters, as the task takes them
-
-
-@flow(
-    name="docqa-evaluate",
-    description="Knowledge, memorisation and control questions for the base, pretrained and final models "
+# each signature is declared once, on its task in tasks/stages.py
+pretrain_stage = _stage_flow(
+    "pretrain", pretrain_task, "Domain-adaptive QLoRA pretraining (a GPU stage of docqa-pipeline)"
+)
+sft_stage = _stage_flow("sft", sft_task, "SFT with QLoRA on the Q&A (a GPU stage of docqa-pipeline)")
+evaluate_stage = _stage_flow(
+    "evaluate",
+    evaluate_task,
+    "Knowledge, memorisation and control questions for the base, pretrained and final models "
     "(a GPU stage of docqa-pipeline)",
 )
-def evaluate_stage(
-    chunks: ChunkOutput,
-    qa: SynthesizeOutput,
-    pretrained: TrainOutput,
-    tuned: TrainOutput,
-    base: BaseModelRef,
-    model: ModelSettings,
-    settings: EvaluateSettings,
-    workspace: str,
-    judge: SynthesizeSettings | None = None,
-) -> dict[str, Any]:
-    return _run("evaluate", evaluate_task, dict(locals()))  # the parameters, as the task takes them
-
-
 STAGE_FLOWS = {"pretrain": pretrain_stage, "sft": sft_stage, "evaluate": evaluate_stage}

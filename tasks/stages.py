@@ -13,7 +13,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from docqa.hashing import FileFingerprint
+from docqa.jobs import PretrainJob, SFTJob
+from docqa.launch import run_job
 from docqa.outputs import (
+    PRETRAIN_ADAPTER,
+    SFT_ADAPTER,
     AugmentOutput,
     BaseModelRef,
     ChunkOutput,
@@ -37,7 +41,7 @@ from docqa.stages.ingest import IngestOutput
 from docqa.workspace import cache_root
 from tasks.caching import content_policy, forward_logs, inputs_digest
 
-TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs", "docqa.launch")
+TRAINING_CODE = ("docqa.training", "docqa.modeling", "docqa.outputs", "docqa.launch", "docqa.jobs")
 CHECKPOINT_ONLY_SETTINGS = {"save_steps", "save_total_limit"}  # where to save, not what is trained
 
 
@@ -160,24 +164,18 @@ def pretrain_task(
 
     ``mixed_in_digest``: of the general-text file mixed in, so that a changed file trains again."""
     root = Path(workspace) / "pretrain"
-    checkpoints = checkpoint_dir(root, settings, chunks=chunks, augmented=augmented, base=base, model=model)
-    augmented_path = augmented.path if augmented is not None else None
-    if settings.num_processes > 1:
-        from docqa.launch import train_distributed
-
-        args = {"chunks_path": chunks.path, "augmented_path": augmented_path, "base": base,
-                "model_settings": model, "settings": settings, "out_root": str(root),
-                "checkpoint_dir": str(checkpoints)}  # fmt: skip
-        return train_distributed("pretrain", args, settings, root, mlflow_uri, mlflow_run_id)
-    from docqa.stages.pretrain import pretrain
-    from docqa.tracking import step_logger
-
-    on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
+    job = PretrainJob(
+        chunks=chunks.path,
+        augmented=augmented.path if augmented is not None else None,
+        base=base,
+        model=model,
+        settings=settings,
+        out_root=str(root),
+        checkpoint_dir=str(checkpoint_dir(root, settings, chunks=chunks, augmented=augmented, base=base,
+                                          model=model)),
+    )  # fmt: skip
     with forward_logs():
-        return pretrain(
-            Path(chunks.path), base, model, settings, root, on_log, checkpoints,
-            Path(augmented_path) if augmented_path else None,
-        )  # fmt: skip
+        return run_job(job, mlflow_uri, mlflow_run_id)
 
 
 @task(
@@ -200,22 +198,19 @@ def sft_task(
 
     ``mixed_in_digest``: of the instruction file mixed in, so that a changed file trains again."""
     root = Path(workspace) / "sft"
-    checkpoints = checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
-    if settings.num_processes > 1:
-        from docqa.launch import train_distributed
-
-        args = {"qa_path": qa.path, "pretrain_adapter": pretrained.adapter_path, "base": base,
-                "model_settings": model, "settings": settings, "out_root": str(root),
-                "checkpoint_dir": str(checkpoints)}  # fmt: skip
-        return train_distributed("sft", args, settings, root, mlflow_uri, mlflow_run_id)
-    from docqa.stages.sft import sft
-    from docqa.tracking import step_logger
-
-    on_log = step_logger(mlflow_uri, mlflow_run_id) if mlflow_run_id else None
+    job = SFTJob(
+        qa=qa.path,
+        pretrain_adapter=pretrained.adapter_path,
+        base=base,
+        model=model,
+        settings=settings,
+        out_root=str(root),
+        checkpoint_dir=str(
+            checkpoint_dir(root, settings, qa=qa, pretrained=pretrained, base=base, model=model)
+        ),
+    )
     with forward_logs():
-        return sft(
-            Path(qa.path), Path(pretrained.adapter_path), base, model, settings, root, on_log, checkpoints
-        )
+        return run_job(job, mlflow_uri, mlflow_run_id)
 
 
 @task(
@@ -273,8 +268,8 @@ def rescore_champion_task(
         return evaluate_models(
             Path(chunks.path),
             Path(qa.path),
-            folder / "adapters" / "pretrain",
-            folder / "adapters" / "sft",
+            folder / "adapters" / PRETRAIN_ADAPTER,
+            folder / "adapters" / SFT_ADAPTER,
             package_base(folder, manifest),
             manifest.model,
             settings.model_copy(update={"llm_judge": False}),

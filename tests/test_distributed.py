@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from docqa.launch import launch_command, train_distributed
+from docqa.jobs import PretrainJob
+from docqa.launch import launch_command, run_job
 from docqa.outputs import LOG_HISTORY_FILE
 
 
@@ -15,15 +16,15 @@ def test_pretraining_on_two_processes_agrees_and_learns(prepared, tiny_base, tmp
         update={"num_processes": 2, "max_steps": 10, "logging_steps": 1, "eval_steps": 5}
     )
     assert "torch.distributed.run" in launch_command(settings, tmp_path / "args.json")
-    args = {
-        "chunks_path": prepared["chunks"].path,
-        "base": tiny_base,
-        "model_settings": recipe.model,  # the 4-bit base: bitsandbytes' CPU layers run under DDP too
-        "settings": settings,
-        "out_root": str(tmp_path / "pretrain"),
-        "checkpoint_dir": str(tmp_path / "checkpoints"),
-    }
-    out = train_distributed("pretrain", args, settings, tmp_path / "pretrain")
+    job = PretrainJob(
+        chunks=prepared["chunks"].path,
+        base=tiny_base,
+        model=recipe.model,  # the 4-bit base: bitsandbytes' CPU layers run under DDP too
+        settings=settings,
+        out_root=str(tmp_path / "pretrain"),
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+    )
+    out = run_job(job)  # two processes: the job goes to each rank as JSON
 
     assert out.processes == 2 and out.steps == 10
     metrics = json.loads((Path(out.path) / "metrics.json").read_text())

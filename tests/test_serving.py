@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from docqa.cli import app
 from docqa.modeling import load_adapted_model, load_tokenizer
-from docqa.package import ADAPTER_ORDER, ModelManifest, package_base, read_manifest, write_package
+from docqa.outputs import ADAPTER_ORDER
+from docqa.package import ModelManifest, package_base, read_manifest, write_package
 from docqa.prompting import encode_prompts
 from docqa.serving import (
     answer_questions,

@@ -246,3 +246,38 @@ def test_select_checkpoint_by_eval_loss_publishes_that_steps_adapter(prepared, t
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), settings.max_eval_samples)))
     published = load_adapted_model(tiny_base, recipe.model, {"pretrain": Path(out.adapter_path)})
     assert _mean_block_loss(published, eval_blocks) == pytest.approx(evals[best_step], rel=1e-3)
+
+
+@pytest.mark.parametrize("config", ["TrainingArguments", "SFTConfig"])
+def test_every_training_setting_reaches_the_trainers_arguments(tmp_path, config):
+    """The one mapping from a stage's settings to the Trainer's (pretrain) and TRL's (SFT) arguments:
+    each setting set to a value no default has comes out of the arguments object the Trainer reads."""
+    import transformers
+    import trl
+
+    from docqa.settings import PretrainSettings
+    from docqa.training import trainer_arguments
+
+    settings = PretrainSettings(
+        learning_rate=0.0123, lr_scheduler="linear", warmup_ratio=0.25, weight_decay=0.07, batch_size=3,
+        gradient_accumulation_steps=5, gradient_checkpointing=True, epochs=2.5, max_steps=40,
+        max_grad_norm=0.7, logging_steps=7, eval_steps=9, save_steps=11, save_total_limit=4, seed=1234,
+        optim="adamw_torch",
+    )  # fmt: skip
+    kind = getattr(transformers if config == "TrainingArguments" else trl, config)
+    arguments = kind(**trainer_arguments(settings, tmp_path, has_eval=True))
+    reached = {
+        "learning_rate": arguments.learning_rate, "lr_scheduler": arguments.lr_scheduler_type.value,
+        "weight_decay": arguments.weight_decay, "batch_size": arguments.per_device_train_batch_size,
+        "gradient_accumulation_steps": arguments.gradient_accumulation_steps,
+        "gradient_checkpointing": arguments.gradient_checkpointing, "epochs": arguments.num_train_epochs,
+        "max_steps": arguments.max_steps, "max_grad_norm": arguments.max_grad_norm,
+        "logging_steps": arguments.logging_steps, "eval_steps": arguments.eval_steps,
+        "save_steps": arguments.save_steps, "save_total_limit": arguments.save_total_limit,
+        "seed": arguments.seed, "optim": arguments.optim.value,
+    }  # fmt: skip
+    assert reached == settings.model_dump(include=set(reached))
+    assert arguments.per_device_eval_batch_size == settings.batch_size
+    # transformers 5 has no warmup_ratio: the ratio goes in as a float warmup_steps, read as a share
+    assert arguments.get_warmup_steps(200) == 50
+    assert arguments.eval_strategy.value == "steps" and arguments.report_to in ([], "none", ["none"])

@@ -47,7 +47,16 @@ from docqa.figures import (
 )
 from docqa.hashing import json_digest
 from docqa.modeling import load_adapted_model, load_tokenizer, token_stream
-from docqa.outputs import GENERATIONS_FILE, BaseModelRef, EvalOutput, Generation, chunks_file
+from docqa.outputs import (
+    ADAPTER_ORDER,
+    GENERATIONS_FILE,
+    PRETRAIN_ADAPTER,
+    SFT_ADAPTER,
+    BaseModelRef,
+    EvalOutput,
+    Generation,
+    chunks_file,
+)
 from docqa.progress import Progress
 from docqa.prompting import encode_prompts, open_book_question
 from docqa.settings import EvaluateSettings, ModelSettings, SynthesizeSettings
@@ -59,8 +68,8 @@ ROUGE_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "docqa_rouge
 QA_SPLIT_OF_SET: dict[SetName, str] = {"knowledge": "knowledge", "memorisation": "train", "control": "eval"}
 ADAPTERS_OF_STATE: dict[State, list[str] | None] = {
     "base": None,
-    "pretrained": ["pretrain"],
-    "final": ["pretrain", "sft"],
+    "pretrained": [PRETRAIN_ADAPTER],
+    "final": list(ADAPTER_ORDER),
 }
 
 
@@ -270,7 +279,9 @@ def evaluate_models(
         books = open_book_prompts(
             sets["knowledge"], chunk_texts, pretrained_ids, settings.rag_top_k, embedder
         )
-    model = load_adapted_model(base, model_settings, {"pretrain": pretrain_adapter, "sft": sft_adapter})
+    model = load_adapted_model(
+        base, model_settings, {PRETRAIN_ADAPTER: pretrain_adapter, SFT_ADAPTER: sft_adapter}
+    )
 
     total = len(ADAPTERS_OF_STATE) * sum(len(q.questions) for q in sets.values())
     progress = Progress("evaluate · answers", total + sum(len(p) for p in books.values()), "answers")

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator, set_
 
 from docqa.bootstrap import general_replay
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
-from docqa.outputs import BaseModelRef, TrainOutput
+from docqa.outputs import PRETRAIN_ADAPTER, BaseModelRef, TrainOutput
 from docqa.settings import ModelSettings, PretrainSettings
 from docqa.split import PRETRAIN_SIDES
 from docqa.stages.augment import read_augmented
@@ -26,7 +26,7 @@ from docqa.training import (
     training_dir,
 )
 
-ADAPTER_NAME = "pretrain"
+ADAPTER_NAME = PRETRAIN_ADAPTER
 
 
 def pack_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:

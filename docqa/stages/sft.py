@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from docqa.bootstrap import general_replay
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config
-from docqa.outputs import BaseModelRef, TrainOutput
+from docqa.outputs import PRETRAIN_ADAPTER, SFT_ADAPTER, BaseModelRef, TrainOutput
 from docqa.prompting import sft_example
 from docqa.settings import ModelSettings, SFTSettings
 from docqa.stages.pretrain import pack_blocks
@@ -37,8 +37,7 @@ from docqa.training import (
 )
 from docqa.workspace import jsonl_records
 
-ADAPTER_NAME = "sft"
-PRETRAIN_ADAPTER_NAME = "pretrain"
+ADAPTER_NAME = SFT_ADAPTER
 
 
 def sft_dataset(qa: Dataset | tuple[list[str], list[str]], tokenizer, settings: ModelSettings) -> Dataset:
@@ -79,9 +78,9 @@ def mix_instructions(qa: Dataset, settings: SFTSettings) -> tuple[list[str], lis
 
 def stack_trainable_adapter(model, pretrain_adapter: Path, settings: SFTSettings) -> PeftModel:
     """Load the pretraining adapter frozen, add a trainable ``sft`` adapter, activate both."""
-    model = PeftModel.from_pretrained(model, str(pretrain_adapter), adapter_name=PRETRAIN_ADAPTER_NAME)
+    model = PeftModel.from_pretrained(model, str(pretrain_adapter), adapter_name=PRETRAIN_ADAPTER)
     model.add_adapter(ADAPTER_NAME, lora_config(settings.lora))
-    model.base_model.set_adapter([PRETRAIN_ADAPTER_NAME, ADAPTER_NAME])
+    model.base_model.set_adapter([PRETRAIN_ADAPTER, ADAPTER_NAME])
     for name, parameter in model.named_parameters():
         parameter.requires_grad = f".{ADAPTER_NAME}." in name
     return model
