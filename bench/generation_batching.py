@@ -3,7 +3,7 @@
 The tiny bootstrap base in the same 4-bit form evaluation uses, greedy decoding, `evaluate.max_new_tokens`
 new tokens, on questions the extractive backend writes from Python reference topics. Baseline: batch
 size 1 (one question at a time), measured in the same run. Goal (issue 4): >= 3x faster batched. Both
-answers/s figures also go to docs/throughputs.json (for `docqa estimate`).
+answers/s figures also go to docqa/data/throughputs.json (for `docqa estimate`).
 
     python bench/generation_batching.py [--questions 64] [--batch-size 16]
 """

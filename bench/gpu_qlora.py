@@ -56,10 +56,10 @@ lower, `--examples 256` halves the training if the 10-minute limit is near):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 python3 bench/gpu_qlora.py \
-      --markdown $OUT/gpu_qlora.md; cp docs/benchmarks.md docs/throughputs.json $OUT/
+      --markdown $OUT/gpu_qlora.md; cp docs/benchmarks.md docqa/data/throughputs.json $OUT/
 
 It writes its section of docs/benchmarks.md (GPU, versions and the command included), both runs' real
-tokens/s to docs/throughputs.json (what `docqa estimate` reads for GPU training) and, with `--markdown`,
+tokens/s to docqa/data/throughputs.json (what `docqa estimate` reads for GPU training) and, with `--markdown`,
 the section alone; all come back through $OUT. datasets 5.2 asks for pyarrow >= 24: the
 report lists the pyarrow it found.
 
@@ -619,7 +619,7 @@ def main() -> None:
 
 
 def figures(args: argparse.Namespace, runs: dict) -> dict[str, dict]:
-    """Each finished run's real tokens/s, for `docqa estimate` (docs/throughputs.json)."""
+    """Each finished run's real tokens/s, for `docqa estimate` (docqa/data/throughputs.json)."""
     resolved = settings(args)
     found = {}
     for name, run in runs.items():

@@ -15,7 +15,7 @@ extrapolated from its first pages.
 
     python bench/ingest_large.py [--pages 2000] [--hostile-pages 1000] [--hostile-limit 30]
 
-Writes its section of docs/benchmarks.md and its figures to docs/throughputs.json.
+Writes its section of docs/benchmarks.md and its figures to docqa/data/throughputs.json.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ starts from an empty store; the best of ``--repeats`` counts (the machines are n
 
     python bench/ingest_scaling.py [--copies 12] [--repeats 3] [--max-processes N]
 
-Writes its table to docs/benchmarks.md and, to docs/throughputs.json (read by `docqa estimate`), the
+Writes its table to docs/benchmarks.md and, to docqa/data/throughputs.json (read by `docqa estimate`), the
 one-process rate and the parallel efficiency at the most processes measured.
 """
 

@@ -10,7 +10,8 @@ memorisation and control questions, synthesised once):
 Reports every figure of the evaluation protocol per recipe (the three sets for base, pretrained and
 final models, `knowledge_gain` with its interval, the open-book oracle and RAG, `rag_recovery`,
 perplexities, forgetting), the minutes per stage, and the ratio of the knowledge gains. Writes its
-section of docs/benchmarks.md and the runs' wall times and pretraining throughputs to docs/throughputs.json.
+section of docs/benchmarks.md and the runs' wall times and pretraining throughputs to
+docqa/data/throughputs.json.
 
     python bench/knowledge.py [--set key=value ...]   # overrides apply to both recipes
 """

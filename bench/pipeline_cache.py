@@ -2,7 +2,7 @@
 
 Baseline: the cold run (empty workspace, bootstrap base already built), measured in the same session.
 Goal (issue 2): the warm run takes <= 25% of the cold run. Writes its table to docs/benchmarks.md, and
-the cold run's per-stage throughputs (ingest, chunk, extractive synthesis) to docs/throughputs.json.
+the cold run's per-stage throughputs (ingest, chunk, extractive synthesis) to docqa/data/throughputs.json.
 
     python bench/pipeline_cache.py [--set key=value ...]
 """

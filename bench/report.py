@@ -1,5 +1,5 @@
 """Write a benchmark's section of docs/benchmarks.md, between its own markers, leaving the rest; and merge
-its throughput figures into docs/throughputs.json, which `docqa estimate` reads."""
+its throughput figures into docqa/data/throughputs.json, which `docqa estimate` reads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-THROUGHPUTS = BENCHMARKS.parent / "throughputs.json"
+THROUGHPUTS = BENCHMARKS.parent.parent / "docqa" / "data" / "throughputs.json"  # shipped in the package
 THROUGHPUTS_ABOUT = (
     "Throughputs the benchmarks in bench/ measured, read by `docqa estimate`. Each benchmark merges its "
     "figures in by key when it runs; docs/benchmarks.md holds the full tables."
@@ -51,9 +51,9 @@ def command_line(script: str) -> str:
 
 def record_figures(section: str, command: str, figures: dict[str, dict], device: str | None = None) -> None:
     """Merge ``figures`` (key -> the fields of ``docqa.estimate.Figure`` but the stamp) into
-    docs/throughputs.json, each stamped with its section, the time, the machine and the command. Plain JSON,
-    so that a bare GPU machine without docqa's dependencies can record too; `docqa estimate` validates the
-    file when it reads it."""
+    docqa/data/throughputs.json, each stamped with its section, the time, the machine and the command.
+    Plain JSON, so that a bare GPU machine without docqa's dependencies can record too; `docqa estimate`
+    validates the file when it reads it."""
     stamp = {
         "device": device or machine(),
         "source": f"docs/benchmarks.md, section bench:{section}",

@@ -13,7 +13,7 @@ exactly as the SFT stage builds them, one epoch at the embedded recipe's batch s
 Counted per run from every batch the trainer actually stepped on: token slots (the batch's tensor size),
 real tokens (attention-mask ones; every token of a padding-free row), optimizer steps, wall seconds of
 `trainer.train()`. Goal (issue 4): <= 0.75x the baseline's steps per epoch and a real-token fraction
->= 0.95. Besides its section of docs/benchmarks.md it records, in docs/throughputs.json, both runs' real
+>= 0.95. Besides its section of docs/benchmarks.md it records, in docqa/data/throughputs.json, both runs' real
 tokens/s, the tokens per example and the extractive synthesis's acceptance (for `docqa estimate`).
 
     python bench/sft_packing.py

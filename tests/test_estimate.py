@@ -72,6 +72,19 @@ def test_shipped_throughputs_are_valid_and_cite_benchmark_sections():
             assert f"<!-- {section} -->" in sections, f"{key} cites {section}, which docs/benchmarks.md lacks"
 
 
+def test_the_wheel_carries_the_throughputs_the_estimate_reads(tmp_path):
+    """A wheel or a Docker image has no docs/ folder: the figures must travel inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(REPO)], check=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("docqa-*.whl")
+    shipped = zipfile.ZipFile(wheel).read("docqa/data/throughputs.json")
+    assert DEFAULT_THROUGHPUTS.is_relative_to(REPO / "docqa") and shipped == DEFAULT_THROUGHPUTS.read_bytes()
+
+
 def test_page_counts_are_the_real_pages(report_pdfs, tmp_path):
     write_text_file(report_pdfs / "notes.txt", "A line of plain notes about the widgets.\n" * 200)
     result = estimate(report_pdfs, load_recipe("tiny-cpu"))
