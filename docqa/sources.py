@@ -134,7 +134,7 @@ def fingerprint_location(location: str, extensions: Iterable[str]) -> dict[str, 
     folder = local_folder(location)
     if folder is not None:
         return {
-            rel: f"sha256:{sha256_file(path)}" for rel, path in _local_documents(folder, extensions).items()
+            rel: f"sha256:{sha256_file(path)}" for rel, path in local_documents(folder, extensions).items()
         }
     fs, root = url_to_fs(location)
     return {
@@ -165,10 +165,13 @@ def _wanted(extensions: Iterable[str]) -> set[str]:
 
 
 def _is_document(relative: PurePosixPath, wanted: set[str]) -> bool:
+    """The one rule of which files are documents, local or remote: a wanted suffix (any case), and no
+    hidden file or folder on the way."""
     return relative.suffix.lower() in wanted and not any(part.startswith(".") for part in relative.parts)
 
 
-def _local_documents(folder: Path, extensions: Iterable[str]) -> dict[str, Path]:
+def local_documents(folder: Path, extensions: Iterable[str]) -> dict[str, Path]:
+    """Relative name (POSIX) → path of the documents under a local folder, sorted by name."""
     if not folder.is_dir():
         raise FileNotFoundError(f"documents folder {folder} does not exist or is not a folder")
     wanted = _wanted(extensions)
@@ -244,7 +247,7 @@ def materialize_documents(
     if folder is not None and not settings.arxiv_ids:
         return folder
     papers = fetch_arxiv(settings.arxiv_ids, settings, cache_dir)
-    targets = _local_documents(folder, extensions) if folder is not None else {}
+    targets = local_documents(folder, extensions) if folder is not None else {}
     for arxiv_id, paper in papers.items():
         relative = f"{ARXIV_FOLDER}/{paper.name}"
         if relative in targets:

@@ -29,6 +29,7 @@ from pdf_factory import (
 )
 
 from docqa.settings import IngestSettings
+from docqa.sources import fingerprint_location
 from docqa.stages.ingest import (
     DOCUMENTS_FILE,
     SUMMARY_FILE,
@@ -285,6 +286,14 @@ def test_list_documents_recursive_sorted_and_skips_hidden(tmp_path):
         (tmp_path / name).write_text("x")
     found = [p.relative_to(tmp_path).as_posix() for p in list_documents(tmp_path, SETTINGS)]
     assert found == ["a/y.TXT", "a/z.md", "b.pdf"]
+    # the watcher counts the same files as documents: one rule for both (a file only one of them saw
+    # would re-train forever, or never)
+    (tmp_path / "a" / ".cache").mkdir()
+    (tmp_path / "a" / ".cache" / "w.pdf").write_text("x")
+    (tmp_path / "c.PDF").write_text("x")
+    found = {p.relative_to(tmp_path).as_posix() for p in list_documents(tmp_path, SETTINGS)}
+    assert found == {"a/y.TXT", "a/z.md", "b.pdf", "c.PDF"}
+    assert set(fingerprint_location(str(tmp_path), SETTINGS.extensions)) == found
 
 
 def test_list_documents_without_documents_names_the_extensions(tmp_path):

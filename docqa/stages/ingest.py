@@ -37,6 +37,7 @@ from docqa.hashing import json_digest, rows_digest, sha256_file
 from docqa.pdf_visibility import visible_text
 from docqa.progress import Progress
 from docqa.settings import IngestSettings
+from docqa.sources import local_documents
 from docqa.workspace import (
     StageOutput,
     jsonl_records,
@@ -192,24 +193,13 @@ class IngestOutput(StageOutput):
 
 
 def list_documents(docs_dir: Path, settings: IngestSettings) -> list[Path]:
-    """Files under ``docs_dir`` (recursive, sorted) with a wanted suffix; hidden files and folders skipped."""
-    if not docs_dir.is_dir():
-        raise FileNotFoundError(f"documents folder {docs_dir} does not exist or is not a folder")
-    wanted = {extension.lower() for extension in settings.extensions}
-    found = sorted(
-        path
-        for path in docs_dir.rglob("*")
-        if path.is_file() and path.suffix.lower() in wanted and not _is_hidden(path.relative_to(docs_dir))
-    )
+    """Files under ``docs_dir`` (recursive, sorted) that are documents by the rule of
+    :func:`docqa.sources.local_documents` (a wanted suffix; hidden files and folders skipped)."""
+    found = sorted(local_documents(docs_dir, settings.extensions).values())
     if not found:
-        raise FileNotFoundError(
-            f"no documents in {docs_dir}: looked for files ending in {', '.join(sorted(wanted))}"
-        )
+        wanted = sorted({extension.lower() for extension in settings.extensions})
+        raise FileNotFoundError(f"no documents in {docs_dir}: looked for files ending in {', '.join(wanted)}")
     return found
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 # ---------------------------------------------------------------------------------------------------
