@@ -22,6 +22,7 @@ from docqa.outputs import (
     BaseModelRef,
     ChunkOutput,
     EvalOutput,
+    IngestOutput,
     SynthesizeOutput,
     TrainOutput,
 )
@@ -37,7 +38,6 @@ from docqa.settings import (
     SplitSettings,
     SynthesizeSettings,
 )
-from docqa.stages.ingest import IngestOutput
 from docqa.workspace import cache_root
 from tasks.caching import content_policy, forward_logs, inputs_digest
 
@@ -75,7 +75,11 @@ def fetch_documents_task(location: str | None, settings: SourceSettings, extensi
     return materialize_documents(location, settings, cache_root() / "sources", extensions)
 
 
-@task(name="ingest", cache_policy=content_policy("docqa.stages.ingest"), persist_result=True)
+@task(
+    name="ingest",
+    cache_policy=content_policy("docqa.stages.ingest", "docqa.text_cleaning"),
+    persist_result=True,
+)
 def ingest_task(files: list[FileFingerprint], workspace: str, settings: IngestSettings) -> IngestOutput:
     """Extract and clean text, one document at a time; unreadable files are recorded with a reason."""
     from docqa.stages.ingest import ingest_documents

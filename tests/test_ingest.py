@@ -28,19 +28,17 @@ from pdf_factory import (
     write_truncated_pdf,
 )
 
+from docqa.outputs import DOCUMENTS_FILE, read_documents
 from docqa.settings import IngestSettings
 from docqa.sources import fingerprint_location
 from docqa.stages.ingest import (
-    DOCUMENTS_FILE,
     SUMMARY_FILE,
     NoDocumentsError,
-    clean_pages,
     extract_document,
     ingest_documents,
     list_documents,
-    normalise_characters,
-    read_documents,
 )
+from docqa.text_cleaning import clean_pages, normalise_characters
 from docqa.workspace import read_jsonl
 
 SETTINGS = IngestSettings()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
+from docqa.outputs import read_documents
 from docqa.sample_corpus import (
     FOOTER_TEXT,
     HEADER_PREFIX,
@@ -20,7 +21,8 @@ from docqa.sample_corpus import (
     write_sample_corpus,
 )
 from docqa.settings import IngestSettings
-from docqa.stages.ingest import HYPHEN_BREAK, clean_pages, ingest_documents, read_documents
+from docqa.stages.ingest import ingest_documents
+from docqa.text_cleaning import HYPHEN_BREAK, clean_pages
 
 MIN_DOCUMENTS = 4  # enough for a held-out-document control and three trained documents
 MIN_PAGES = 25

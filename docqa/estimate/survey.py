@@ -20,7 +20,8 @@ from docqa.hashing import sha256_file
 from docqa.outputs import bootstrap_dir
 from docqa.settings import Recipe
 from docqa.split import document_sides
-from docqa.stages.ingest import MALFORMED_PDF_ERRORS, PDF_SUFFIX, clean_pages, list_documents
+from docqa.stages.ingest import MALFORMED_PDF_ERRORS, PDF_SUFFIX, list_documents
+from docqa.text_cleaning import clean_pages
 
 # --- reading the documents ---------------------------------------------------------------------------
 PDF_SAMPLE_PAGES = 8  # pages of a PDF whose text is read (evenly spread); the rest are extrapolated
