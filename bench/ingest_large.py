@@ -76,8 +76,9 @@ def plain_pypdf(path: Path, pages: int | None = None) -> dict:
 
 def docqa_ingest(paths: list[Path], work: Path, time_limit_s: float | None = None) -> dict:
     """docqa's ingest of ``paths`` (each in its own extraction process), measured on the first."""
+    from docqa.outputs import read_documents
     from docqa.settings import IngestSettings
-    from docqa.stages.ingest import ingest_documents, read_documents
+    from docqa.stages.ingest import ingest_documents
 
     limits = {"document_time_limit_s": time_limit_s} if time_limit_s else {}
     settings = IngestSettings(workers=len(paths), **limits)

@@ -10,13 +10,14 @@ import importlib.util
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
 from docqa.figures import EvaluationFigures
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
+from docqa.split import ChunkSide
 from docqa.workspace import StageOutput, cache_root, jsonl_records, read_json
 
 TOKENIZER_FILES = (
@@ -36,6 +37,55 @@ GENERATIONS_FILE = "generations.jsonl"
 # adapters/ folder, the evaluation's model states and MLflow
 PRETRAIN_ADAPTER, SFT_ADAPTER = "pretrain", "sft"
 ADAPTER_ORDER = (PRETRAIN_ADAPTER, SFT_ADAPTER)
+
+
+# --- ingest ----------------------------------------------------------------------------------------
+
+DOCUMENTS_FILE = "documents.jsonl"
+
+
+class PageText(BaseModel):
+    page: int  # 1-based
+    text: str
+
+
+class DocumentRecord(BaseModel):
+    doc_id: str  # first 16 hex characters of the sha256 of the file's bytes
+    path: str
+    name: str
+    sha256: str
+    title: str  # PDF metadata title, else first heading line for .md/.txt, else the file stem
+    status: Literal["ok", "failed"]
+    reason: str | None  # why it failed, for a user (None when ok)
+    n_pages: int  # pages in the file (1 for text files, 0 if unreadable)
+    pages: list[PageText]  # cleaned text per page (empty when failed)
+    low_text_pages: int  # pages below settings.min_chars_per_page
+    hidden_text: dict[str, int] = {}  # characters a reader cannot see, per reason; dropped unless kept
+    hidden_text_kept: bool = False
+    duplicate_of: str | None = None  # path of an earlier file with identical bytes
+
+
+class IngestOutput(StageOutput):
+    documents: int
+    documents_ok: int  # status ok, duplicates included
+    documents_failed: int
+    documents_duplicate: int
+    pages: int  # pages of the ok documents, each duplicate counted once
+    documents_with_hidden_text: int  # of the ok documents, each duplicate counted once
+    hidden_text_chars: int  # characters a reader cannot see, dropped unless ingest.keep_hidden_text
+    extracted: int  # documents extracted in this call
+    reused: int  # documents taken from the per-document store
+    content_digest: str  # the records without where the files lie: what downstream caches key on
+
+    @property
+    def cache_digest(self) -> str:
+        return self.content_digest
+
+
+def read_documents(path: Path) -> list[DocumentRecord]:
+    """The records of a published ingest folder, in input order."""
+    text = (path / DOCUMENTS_FILE).read_text(encoding="utf-8")
+    return [DocumentRecord.model_validate_json(line) for line in jsonl_records(text)]
 
 
 # --- the base model ---------------------------------------------------------------------------------
@@ -97,6 +147,34 @@ class ChunkOutput(StageOutput):
 
 def chunks_file(chunk_path: Path) -> Path:
     return Path(chunk_path) / CHUNKS_FILE
+
+
+CHUNK_COLUMNS = ("chunk_id", "doc_id", "doc_title", "page_start", "page_end", "text", "split")
+CHUNK_SIDES = get_args(ChunkSide)  # SFT chunks; knowledge chunks; held-out documents' chunks
+
+
+def read_chunks(path: Path, splits: tuple[str, ...] | None = None):
+    """The chunk stage's chunks as a ``datasets.Dataset`` (a published folder, or its parquet file), or
+    those of the given sides (``docqa.split.PRETRAIN_SIDES``: every chunk pretraining reads). Checked
+    first: the columns the stages read, known sides, unique ids; an error names what is wrong."""
+    import pandas as pd
+    from datasets import Dataset
+
+    path = Path(path)
+    file = chunks_file(path) if path.is_dir() else path
+    frame = pd.read_parquet(file)
+    missing = [name for name in CHUNK_COLUMNS if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{file} lacks the chunk columns {missing}; is it the chunk stage's output?")
+    unknown = sorted(set(frame["split"].astype(str)) - set(CHUNK_SIDES))
+    if unknown:
+        raise ValueError(f"{file}: unknown split values {unknown}; expected {CHUNK_SIDES}")
+    repeated = frame["chunk_id"][frame["chunk_id"].duplicated()].tolist()
+    if repeated:
+        raise ValueError(f"{file}: chunk ids must be unique, repeated: {repeated[:5]}")
+    if splits is not None:
+        frame = frame[frame["split"].isin(splits)]
+    return Dataset.from_pandas(frame, preserve_index=False)
 
 
 def read_flagged_chunks(chunk_path: Path) -> list[dict]:

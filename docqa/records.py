@@ -17,17 +17,18 @@ from docqa.outputs import (
     AugmentOutput,
     ChunkOutput,
     EvalOutput,
+    IngestOutput,
     SynthesizeOutput,
     TrainOutput,
     chunks_file,
     qa_file,
     read_document_chunks,
+    read_documents,
     read_flagged_chunks,
     read_generations,
     read_log_history,
 )
 from docqa.report import DocumentReport, FlaggedChunk, RunReport
-from docqa.stages.ingest import IngestOutput, read_documents
 from docqa.tracking import Tracker, loss_figure
 
 SYNTHESIS_ARTIFACTS = (

@@ -11,11 +11,11 @@ import pytest
 from pdf_factory import write_report_pdf
 
 from docqa.modeling import load_tokenizer
-from docqa.outputs import read_document_chunks, read_flagged_chunks
+from docqa.outputs import read_chunks, read_document_chunks, read_documents, read_flagged_chunks
 from docqa.settings import ChunkSettings, IngestSettings, SplitSettings
 from docqa.split import document_sides
-from docqa.stages.chunk import EmptySplitError, chunk_documents, read_chunks
-from docqa.stages.ingest import ingest_documents, list_documents, read_documents
+from docqa.stages.chunk import EmptySplitError, chunk_documents
+from docqa.stages.ingest import ingest_documents, list_documents
 
 CHUNK = ChunkSettings(chunk_tokens=96, overlap_tokens=12, min_chunk_tokens=12)
 SPLIT = SplitSettings(eval_fraction=0.3, seed=7)

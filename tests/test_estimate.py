@@ -121,9 +121,9 @@ def test_chunk_estimate_is_near_what_the_chunker_makes(tmp_path, tiny_base):
 
 def test_split_follows_the_chunk_stage_rule(tmp_path, tiny_base):
     from docqa.modeling import load_tokenizer
-    from docqa.outputs import read_document_chunks
+    from docqa.outputs import read_document_chunks, read_documents
     from docqa.stages.chunk import chunk_documents
-    from docqa.stages.ingest import ingest_documents, list_documents, read_documents
+    from docqa.stages.ingest import ingest_documents, list_documents
 
     docs = write_topic_documents(tmp_path / "docs")
     write_report_pdf(docs / "report.pdf", pages=2)
@@ -332,10 +332,9 @@ def test_augmented_pretraining_tokens_are_near_what_the_augment_stage_makes(prep
 
     from docqa.estimate import augmented_tokens
     from docqa.modeling import load_tokenizer, token_stream
-    from docqa.outputs import qa_file
+    from docqa.outputs import qa_file, read_chunks
     from docqa.split import PRETRAIN_SIDES
     from docqa.stages.augment import augment, read_augmented
-    from docqa.stages.chunk import read_chunks
 
     recipe = tiny_cpu_with_test_base(
         "augment.kinds=[facts, entities]", "augment.versions_per_chunk=2", "augment.mix_qa=true"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from docqa.injection import instruction_markers
+from docqa.outputs import DocumentRecord, read_documents
 from docqa.settings import IngestSettings
-from docqa.stages.ingest import DocumentRecord, ingest_documents, read_documents
+from docqa.stages.ingest import ingest_documents
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_world"
 # what each document must yield, as its author wrote it

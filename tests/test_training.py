@@ -13,8 +13,7 @@ from safetensors.torch import load_file
 from transformers import masking_utils
 
 from docqa.modeling import load_adapted_model, load_base_model, load_tokenizer
-from docqa.outputs import LOG_HISTORY_FILE
-from docqa.stages.chunk import read_chunks
+from docqa.outputs import LOG_HISTORY_FILE, read_chunks
 from docqa.stages.pretrain import pack_blocks, pretrain, pretrain_model
 from docqa.stages.sft import sft, sft_dataset, sft_model, sft_trainer
 from docqa.stages.synthesize import read_qa

@@ -19,11 +19,10 @@ from docqa.figures import (
     KnowledgeGain,
     Perplexities,
 )
-from docqa.outputs import Generation, chunks_file, read_generations
+from docqa.outputs import DocumentRecord, Generation, PageText, chunks_file, read_documents, read_generations
 from docqa.report import DocumentReport, RunReport
 from docqa.settings import SynthesizeSettings
 from docqa.stages import chunk, evaluate, ingest
-from docqa.stages.ingest import DocumentRecord, PageText, read_documents
 from docqa.stages.synthesize import Checkers, read_qa, synthesize_qa
 from docqa.synthesis import ChunkRequest, ChunkResult, QAPair
 from docqa.workspace import jsonl_line, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic

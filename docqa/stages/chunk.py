@@ -15,16 +15,14 @@ import bisect
 import json
 from pathlib import Path
 
-import pandas as pd
 from datasets import Dataset
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from docqa.hashing import json_digest, rows_digest, sha256_bytes, sha256_file
 from docqa.injection import instruction_markers
-from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, chunks_file
+from docqa.outputs import CHUNK_DOCUMENTS_FILE, ChunkOutput, DocumentRecord, chunks_file, read_documents
 from docqa.settings import ChunkSettings, SplitSettings
 from docqa.split import chunk_sides, document_sides
-from docqa.stages.ingest import DocumentRecord, read_documents
 from docqa.workspace import (
     new_tmp_dir,
     publish_dir,
@@ -236,11 +234,3 @@ def _publish(
         reused=chunked_documents - counts["chunked"],
         **summary,
     )
-
-
-def read_chunks(chunk_path: Path, splits: tuple[str, ...] | None = None) -> Dataset:
-    """The chunks, or those of the given splits (``PRETRAIN_SIDES``: every chunk pretraining reads)."""
-    frame = pd.read_parquet(chunks_file(chunk_path))
-    if splits is not None:
-        frame = frame[frame["split"].isin(splits)]
-    return Dataset.from_pandas(frame, preserve_index=False)

@@ -12,11 +12,10 @@ from transformers import Trainer, TrainingArguments, default_data_collator, set_
 
 from docqa.bootstrap import general_replay
 from docqa.modeling import count_trainable, load_base_model, load_tokenizer, lora_config, token_stream
-from docqa.outputs import PRETRAIN_ADAPTER, BaseModelRef, TrainOutput
+from docqa.outputs import PRETRAIN_ADAPTER, BaseModelRef, TrainOutput, read_chunks
 from docqa.settings import ModelSettings, PretrainSettings
 from docqa.split import PRETRAIN_SIDES
 from docqa.stages.augment import read_augmented
-from docqa.stages.chunk import read_chunks
 from docqa.training import (
     StepLogger,
     kl_from_base,

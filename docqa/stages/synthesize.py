@@ -33,7 +33,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from docqa.hashing import json_digest, rows_digest
-from docqa.outputs import QA_SPLITS, SynthesizeOutput, qa_file
+from docqa.outputs import CHUNK_COLUMNS, QA_SPLITS, SynthesizeOutput, qa_file, read_chunks
 from docqa.progress import Progress
 from docqa.settings import SynthesizeSettings
 from docqa.split import PRETRAIN_SIDES
@@ -53,7 +53,6 @@ from docqa.synthesis.quality import (
 from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_jsonl_atomic
 
 SPLITS = QA_SPLITS
-CHUNK_COLUMNS = ("chunk_id", "doc_id", "doc_title", "page_start", "page_end", "text", "split")
 QA_COLUMNS = (
     "question", "answer", "chunk_id", "doc_id", "doc_title", "page_start", "page_end", "split",
     "backend", "model", "prompt_version", "reply_id",
@@ -150,7 +149,7 @@ def synthesize_qa(
     if settings.backend != "extractive" and client is None and (backend is None or settings.judge):
         client = make_chat_client(settings)
     backend = backend or make_backend(settings, client)
-    chunks = read_chunks(chunks_path)
+    chunks = read_chunk_records(chunks_path)
     identity = backend.identity()
     key = store_key(identity, settings)
     store = store_dir / key
@@ -214,23 +213,11 @@ def read_qa(path: Path, split: str) -> datasets.Dataset:
 # --- input --------------------------------------------------------------------------------------
 
 
-def read_chunks(chunks_path: Path) -> list[dict]:
-    frame = pd.read_parquet(chunks_path)
-    missing = [name for name in CHUNK_COLUMNS if name not in frame.columns]
-    if missing:
-        raise SynthesisError(
-            f"{chunks_path} lacks the chunk columns {missing}; is it the chunk stage's output?"
-        )
-    chunks = frame[list(CHUNK_COLUMNS)].to_dict("records")
+def read_chunk_records(chunks_path: Path) -> list[dict]:
+    """The chunks synthesis reads (checked by :func:`docqa.outputs.read_chunks`), as plain records."""
+    chunks = read_chunks(chunks_path).select_columns(list(CHUNK_COLUMNS)).to_list()
     if not chunks:
         raise SynthesisError(f"{chunks_path} holds no chunk: nothing to synthesise from")
-    bad_splits = sorted({str(c["split"]) for c in chunks} - set(SPLITS))
-    if bad_splits:
-        raise SynthesisError(f"{chunks_path}: unknown split values {bad_splits}; expected {SPLITS}")
-    ids = Counter(c["chunk_id"] for c in chunks)
-    repeated = [chunk_id for chunk_id, n in ids.items() if n > 1]
-    if repeated:
-        raise SynthesisError(f"{chunks_path}: chunk ids must be unique, repeated: {repeated[:5]}")
     return chunks
 
 
