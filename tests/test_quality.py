@@ -7,6 +7,8 @@ from pydoc_data.topics import topics
 import pytest
 
 from docqa.settings import SynthesizeSettings
+from docqa.synthesis.embedder import Embedder, bundled_model_path, load_embedder
+from docqa.synthesis.language import LanguageIdentifier, load_language_identifier
 from docqa.synthesis.quality import (
     ANSWER_NOT_IN_CHUNK,
     ANSWER_TOO_LONG,
@@ -21,12 +23,7 @@ from docqa.synthesis.quality import (
     REPETITIVE,
     WRONG_LANGUAGE,
     Candidate,
-    Embedder,
-    LanguageIdentifier,
-    bundled_model_path,
     chunk_shingles,
-    load_embedder,
-    load_language_identifier,
     near_duplicate_chunks,
     refers_to_passage,
     rejection_reasons,

@@ -257,7 +257,7 @@ def evaluate_models(
             "evaluate.llm_judge needs an LLM synthesis backend: set synthesize.backend=openai (with base_url "
             "and model) or synthesize.backend=transformers"
         )
-    from docqa.synthesis.quality import load_embedder  # sentence-transformers: seconds to import
+    from docqa.synthesis.embedder import load_embedder  # sentence-transformers: seconds to import
 
     chunks = pd.read_parquet(chunks_file(chunks_path), columns=["chunk_id", "text", "split"])
     chunk_texts = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))

@@ -39,17 +39,10 @@ from docqa.settings import SynthesizeSettings
 from docqa.split import PRETRAIN_SIDES
 from docqa.synthesis import Backend, ChatClient, ChunkRequest, ChunkResult, make_backend, make_chat_client
 from docqa.synthesis.contamination import ContaminationResult, contamination_report, decontaminate
+from docqa.synthesis.embedder import WINDOW_OVERLAP_TOKENS, Embedder, load_embedder
+from docqa.synthesis.language import LanguageIdentifier, load_language_identifier
 from docqa.synthesis.llm import JUDGE_PROMPT_VERSION, JudgeItem, JudgeVerdict, judge_pairs
-from docqa.synthesis.quality import (
-    WINDOW_OVERLAP_TOKENS,
-    Candidate,
-    Embedder,
-    LanguageIdentifier,
-    load_embedder,
-    load_language_identifier,
-    near_duplicate_chunks,
-    rejection_reasons,
-)
+from docqa.synthesis.quality import Candidate, near_duplicate_chunks, rejection_reasons
 from docqa.workspace import new_tmp_dir, publish_dir, read_json, write_json_atomic, write_jsonl_atomic
 
 SPLITS = QA_SPLITS

