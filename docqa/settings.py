@@ -3,6 +3,10 @@
 The flow takes these models as parameters, so the Prefect UI renders them as forms. Every cross-field
 problem is collected into one error message (litgpt's ``validate_args`` style) instead of failing on
 the first.
+
+Longer than 500 lines on purpose: every stage's settings model is here, each field with its bounds and
+description, so that one file answers "what can I set?" (the Prefect form, ``--set`` and the recipes all
+read these models).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ per-document store keyed by the file's bytes, the ingest settings, this module's
 version, so a re-run with one new file extracts only that file. The published output is a folder named
 by the digest of its records: ``documents.jsonl`` (one :class:`DocumentRecord` per line, in input
 order) and ``summary.json``.
+
+Longer than 500 lines on purpose: reading a document in isolation (a process of its own, time and memory
+limits, page progress), the checks that give a failed file its reason and the per-document store are one
+concern; the text cleaning is in :mod:`docqa.text_cleaning`, the record types in :mod:`docqa.outputs`.
 """
 
 from __future__ import annotations

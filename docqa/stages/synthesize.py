@@ -18,6 +18,10 @@ The output folder holds ``qa_train.parquet`` and ``qa_eval.parquet`` (split inhe
 document; every row traced to document, pages, chunk, backend, model, prompt version and reply),
 ``raw_replies.jsonl`` (every reply, readable or not), ``judge_replies.jsonl`` when judged,
 ``contamination.json``, ``chunk_accounting.jsonl``, ``coverage.png`` and ``summary.json``.
+
+Longer than 500 lines on purpose: the stage's steps in the order they run, with the accounting that
+follows every chunk through them; the backends, filters, reply parsing and decontamination themselves
+are in :mod:`docqa.synthesis`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ templated and its answers whole sentences: good enough to exercise training and 
 substitute for an LLM backend when answer quality matters.
 
 Bump ``RULES_VERSION`` whenever a rule changes: it is part of the synthesis cache key.
+
+Longer than 500 lines on purpose: the rules, and the sentence handling they need (prose segments,
+subjects, signatures), read best as one table.
 """
 
 from __future__ import annotations

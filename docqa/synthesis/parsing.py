@@ -53,6 +53,9 @@ Every pair
     pairs with a field that is empty, a placeholder (``"..."``) or degenerate repetition ("the the
     the …") are dropped, and a pair repeated (same text, ignoring case and spacing) is returned once.
     Languages are not filtered here.
+
+Longer than 500 lines on purpose: every reply layout models were seen to choose, each with why it is
+read the way it is, in the order ``tests/fixtures/replies`` follows.
 """
 
 from __future__ import annotations
