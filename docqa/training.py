@@ -315,7 +315,13 @@ def load_trainable_adapter(trainer: Trainer, adapter_name: str) -> None:
 
     ``Trainer._load_from_checkpoint`` reloads every adapter of a checkpoint, makes the *first* active
     adapter the trainable one and activates it alone: with stacked adapters (SFT on pretrain) it would
-    train the frozen pretrain adapter. Here the weights go in place and nothing else changes."""
+    train the frozen pretrain adapter. Here the weights go in place and nothing else changes.
+
+    Why a private method: transformers (5.x) has no public hook for how a checkpoint's weights are
+    restored (callbacks run after it; ``resume_from_checkpoint`` is all or nothing), and the optimizer,
+    scheduler, RNG and data position must still come from the Trainer's own resume. The replaced
+    method's name, signature and call in ``Trainer.train`` are checked by a test
+    (``test_resume.py``), which fails first if transformers changes them."""
     model = trainer.model
 
     def load(resume_from_checkpoint: str, model_=None) -> None:

@@ -226,3 +226,20 @@ def test_sft_resumes_its_own_adapter_and_leaves_pretrain_frozen(prepared, tiny_b
     assert resumed_weights.keys() == straight_weights.keys()
     for name, tensor in resumed_weights.items():
         assert tensor.allclose(straight_weights[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_the_private_checkpoint_loader_docqa_replaces_is_still_the_one_train_calls():
+    """transformers has no public hook for restoring only the trained adapter on resume, so
+    ``load_trainable_adapter`` replaces ``Trainer._load_from_checkpoint``. Were it renamed, re-signed or
+    no longer called by ``train``, the replacement would be silently skipped and SFT would resume by
+    training the frozen pretraining adapter: this fails first."""
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(Trainer._load_from_checkpoint).parameters) == [
+        "self",
+        "resume_from_checkpoint",
+        "model",
+    ]
+    assert "self._load_from_checkpoint(resume_from_checkpoint)" in inspect.getsource(Trainer.train)
