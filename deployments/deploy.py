@@ -29,7 +29,8 @@ from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field
 
 from docqa.settings import load_recipe
-from docqa.watch import EVENT, canonical_location, resource_id
+from docqa.sources import canonical_location
+from docqa.watch import EVENT, resource_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_WORKDIR = "/opt/docqa"  # where docker/Dockerfile{,.gpu} install the project

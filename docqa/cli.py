@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from docqa.settings import RECIPES_DIR, STAGES, SettingsError, load_recipe, resolve_shipped
+from docqa.sources import canonical_location
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -156,7 +157,7 @@ def check_docs(docs: str | None, ingest) -> str | None:
     except FileNotFoundError as error:
         console.print(f"[red]{escape(str(error))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from error
-    return str(Path(docs).resolve())
+    return canonical_location(docs)
 
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"
@@ -204,7 +205,10 @@ def sweep(
         from flows.sweep import docqa_sweep
 
         rows = docqa_sweep(
-            variants, docs=str(docs.resolve()) if docs else None, workspace=str(workspace), recipe=recipe
+            variants,
+            docs=canonical_location(str(docs)) if docs else None,
+            workspace=str(workspace),
+            recipe=recipe,
         )
     table = Table(title=f"docqa sweep {file} · held-out figures")  # one column per variant: fits a terminal
     table.add_column("figure")
@@ -244,8 +248,7 @@ def deploy(
 
     from deployments.deploy import DeploySettings, apply
 
-    if "://" not in docs:
-        docs = str(Path(docs).resolve())
+    docs = canonical_location(docs)
     if "://" not in workspace:
         workspace = str(Path(workspace).resolve())
     try:

@@ -72,8 +72,11 @@ class FileFingerprint(BaseModel):
     sha256: str
 
 
-def fingerprint_files(paths: Iterable[Path]) -> list[FileFingerprint]:
-    return [FileFingerprint(path=str(p), sha256=sha256_file(p)) for p in paths]
+def fingerprint_files(paths: Iterable[Path], known: dict[str, str] | None = None) -> list[FileFingerprint]:
+    """Each file by path and content digest; ``known`` (path → sha256, hashed moments ago by the watcher's
+    fingerprint of the same folder) spares hashing a file twice in one run."""
+    known = known or {}
+    return [FileFingerprint(path=str(p), sha256=known.get(str(p)) or sha256_file(p)) for p in paths]
 
 
 def file_digest(path: str | None) -> str | None:

@@ -160,6 +160,15 @@ def local_folder(location: str) -> Path | None:
     return Path(path) if isinstance(fs, LocalFileSystem) else None
 
 
+def canonical_location(location: str) -> str:
+    """One spelling per documents location: a local folder as an absolute path (``docs``, ``./docs`` and
+    ``~/docs`` are one location), a URL as given less a trailing slash. Whatever names or compares a
+    location (the CLI's commands, the watcher's state and event resource, the deployments) uses this."""
+    if "://" not in location:
+        return str(Path(location).expanduser().resolve())
+    return location.rstrip("/")
+
+
 def _wanted(extensions: Iterable[str]) -> set[str]:
     return {extension.lower() for extension in extensions}
 

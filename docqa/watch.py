@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from docqa.hashing import json_digest
-from docqa.sources import DocumentDiff, diff_fingerprints, fingerprint_location, local_folder
+from docqa.sources import DocumentDiff, canonical_location, diff_fingerprints, fingerprint_location
 from docqa.workspace import Workspace
 
 EVENT = "docqa.documents.changed"
@@ -23,12 +23,6 @@ RESOURCE_PREFIX = "docqa.documents."
 class LocationState(BaseModel):
     location: str
     fingerprints: dict[str, str]  # relative name → content fingerprint (docqa.sources)
-
-
-def canonical_location(location: str) -> str:
-    """A local folder as an absolute path (so ``docs`` and ``./docs`` are one location); URLs as given."""
-    folder = local_folder(location)
-    return str(folder.resolve()) if folder is not None and "://" not in location else location.rstrip("/")
 
 
 def location_key(location: str) -> str:

@@ -36,6 +36,7 @@ from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
 from docqa.secrets import redact
 from docqa.settings import ExecutionSettings, Recipe, StageName, SynthesizeSettings, flatten
+from docqa.sources import canonical_location, local_folder
 from docqa.stages.ingest import list_documents
 from docqa.tracking import Tracker, code_version
 from docqa.watch import changes_since_trained, fingerprint, write_state
@@ -326,7 +327,7 @@ def _run_pipeline(
     run = PipelineRun(ws, docs, recipe, execution, until)
     run.report.documents_changed = changed.model_dump() if changed is not None else None
     try:
-        _run_stages(run, root, docs, recipe)
+        _run_stages(run, root, docs, recipe, seen)
     except StoppedAfter as stopped:  # what the watcher compares with stays the last complete run's
         run.stop(stopped)
         return run.report.model_dump(mode="json")
@@ -339,10 +340,12 @@ def _run_pipeline(
     return run.report.model_dump(mode="json")
 
 
-def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) -> None:
+def _run_stages(
+    run: PipelineRun, root: Path, docs: str | None, recipe: Recipe, seen: dict[str, str] | None
+) -> None:
     docs_dir = fetch_documents_task(docs, recipe.source, recipe.ingest.extensions)
     ws = str(root)
-    files = fingerprint_files(list_documents(docs_dir, recipe.ingest))
+    files = fingerprint_files(list_documents(docs_dir, recipe.ingest), local_digests(docs, seen))
     started = time.perf_counter()
     base, built = base_model_task(recipe.model)
     run.report.base_model = {
@@ -440,6 +443,16 @@ def _run_stages(run: PipelineRun, root: Path, docs: str | None, recipe: Recipe) 
             evaluation.figures.forgetting.ratio,
             evaluation.figures.forgetting.max_ratio,
         )
+
+
+def local_digests(docs: str | None, seen: dict[str, str] | None) -> dict[str, str]:
+    """Path → sha256 of the documents of a local folder, from the fingerprint the watcher's check took at
+    the start of this run (remote locations are fingerprinted by their store's etags, not hashed)."""
+    folder = local_folder(canonical_location(docs)) if docs else None
+    if folder is None or not seen:
+        return {}
+    return {str(folder / name): digest.removeprefix("sha256:") for name, digest in seen.items()
+            if digest.startswith("sha256:")}  # fmt: skip
 
 
 def _prefect_artifacts(run: PipelineRun, evaluation: EvalOutput, sample_rows: int) -> None:

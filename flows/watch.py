@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from docqa.settings import IngestSettings
+from docqa.sources import canonical_location
 from docqa.watch import (
     EVENT,
-    canonical_location,
     changes_since_trained,
     fingerprint,
     read_state,

@@ -68,10 +68,10 @@ def base_model_task(settings: ModelSettings) -> tuple[BaseModelRef, bool]:
 def fetch_documents_task(location: str | None, settings: SourceSettings, extensions: list[str]) -> Path:
     """A local folder of the documents: a local folder as it is; a remote location (any fsspec URL) and
     arXiv ids downloaded into the docqa cache, once per content."""
-    from docqa.sources import materialize_documents
+    from docqa.sources import canonical_location, materialize_documents
 
     if location is not None and Path(location).is_dir():
-        location = str(Path(location).resolve())
+        location = canonical_location(location)
     return materialize_documents(location, settings, cache_root() / "sources", extensions)
 
 

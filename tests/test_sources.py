@@ -356,3 +356,38 @@ def test_diff_lists_are_sorted():
     assert diff_fingerprints(old, new) == DocumentDiff(
         added=["c.pdf", "q.pdf"], changed=["b.pdf", "y.pdf"], removed=["a.pdf", "z.pdf"]
     )
+
+
+def test_a_run_hashes_each_local_document_once(tmp_path, monkeypatch):
+    """The watcher's fingerprint at the start of a run hashes every local document; the ingest cache key
+    takes those digests instead of reading every file a second time (what the pipeline flow does)."""
+    import docqa.hashing
+    import docqa.sources
+    from docqa.hashing import fingerprint_files, sha256_file
+    from docqa.settings import IngestSettings
+    from docqa.stages.ingest import list_documents
+    from docqa.watch import fingerprint
+    from flows.pipeline import local_digests
+
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.md", "sub/c.txt"):
+        (docs / name).write_text(f"the text of {name}")
+    hashed: list[str] = []
+
+    def counting(path):
+        hashed.append(str(path))
+        return sha256_file(path)
+
+    monkeypatch.setattr(docqa.sources, "sha256_file", counting)
+    monkeypatch.setattr(docqa.hashing, "sha256_file", counting)
+    settings = IngestSettings()
+    seen = fingerprint(str(docs), settings.extensions)
+    files = fingerprint_files(list_documents(docs, settings), local_digests(str(docs), seen))
+    assert sorted(hashed) == sorted(str(docs / name) for name in ("a.txt", "b.md", "sub/c.txt"))
+    assert {f.sha256 for f in files} == {sha256_file(docs / n) for n in ("a.txt", "b.md", "sub/c.txt")}
+    # relative spellings of the folder are one location: nothing is hashed again either
+    monkeypatch.chdir(tmp_path)
+    hashed.clear()
+    fingerprint_files(list_documents(docs, settings), local_digests("docs", seen))
+    assert hashed == []
