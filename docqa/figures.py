@@ -1,5 +1,6 @@
-"""What evaluation measures, as typed models, and the one place those figures are turned into text,
-table rows and MLflow metric names (``docs/evaluation.md`` defines each figure in words).
+"""What evaluation measures and what the registry's gate decided, as typed models, and the one place
+those figures are turned into text, table rows and MLflow metric names (``docs/evaluation.md`` defines
+each figure in words).
 
 Three question sets, each answered by the base, by base + pretraining adapter and by the final model
 (base + both adapters), with the same greedy decoding:
@@ -320,3 +321,41 @@ def stage_figures(figures: EvaluationFigures) -> dict[str, float | str | None]:
         "forgetting_ratio": _round(figures.forgetting.ratio, 3),
         "forgetting_gate": "passed" if figures.forgetting.passed else "FAILED",
     }
+
+
+# --- the registry's gate -------------------------------------------------------------------------
+
+
+class Verdict(BaseModel):
+    alias: Literal["champion", "challenger"]
+    reasons: list[str]
+    champion_version: str | None  # the champion compared against (None: there was none)
+    compared_on: Literal["same-heldout", "rescored", "none"]
+    candidate: dict[str, float]
+    champion: dict[str, float] | None
+
+
+class DataDiff(BaseModel):
+    """What the new version was trained and evaluated on, against the champion's data."""
+
+    champion_version: str | None
+    documents_added: list[str]
+    documents_removed: list[str]
+    documents_unchanged: int
+    qa: dict[str, dict[str, int]]  # split → {"candidate": n, "champion": n}
+
+
+class RegistryRecord(BaseModel):
+    """What registering a run did: the new model version, the alias it got, why, and its data against
+    the champion's (the report's ``registry``, and ``registry/promotion-*.json`` in MLflow)."""
+
+    model_name: str
+    version: str
+    alias: Literal["champion", "challenger"]
+    model_uri: str
+    verdict: Verdict
+    data_diff: DataDiff
+
+    def summary(self) -> str:
+        """One line: the version, its alias and the gate's reasons."""
+        return f"{self.model_uri} is {self.alias} ({'; '.join(self.verdict.reasons)})"

@@ -190,6 +190,33 @@ def read_document_chunks(chunk_path: Path) -> dict[str, dict]:
 # --- synthesize -------------------------------------------------------------------------------------
 
 
+class SynthesisFigures(BaseModel):
+    """The run report's ``synthesis`` block: what happened to every chunk and pair."""
+
+    chunks: int
+    chunks_failed: int
+    chunks_near_duplicate: int
+    replies_unparsed: int
+    pairs_raw: int
+    pairs_accepted: int
+    rejected_by_reason: dict[str, int]
+    retries: int
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+
+
+class ContaminationFigures(BaseModel):
+    """The run report's ``contamination`` block: what decontamination checked and removed (held-out
+    pairs in synthesis; rewrites in augmentation, 0 until that stage has run)."""
+
+    eval_pairs_checked: int
+    eval_pairs_removed: int
+    knowledge_pairs_checked: int
+    knowledge_pairs_removed: int
+    rewrites_checked: int = 0
+    rewrites_removed: int = 0
+
+
 class SynthesizeOutput(StageOutput):
     """Counts of one synthesis; ``summary.json`` in ``path`` holds the rest (coverage, reasons)."""
 
@@ -225,22 +252,14 @@ class SynthesizeOutput(StageOutput):
     def complete(self) -> bool:
         return self.chunks_failed == 0 and self.judge_failed == 0
 
-    def report_figures(self) -> dict:
+    def report_figures(self) -> SynthesisFigures:
         """The run report's ``synthesis`` block."""
-        return self.model_dump(
-            include={
-                "chunks",
-                "chunks_failed",
-                "chunks_near_duplicate",
-                "replies_unparsed",
-                "pairs_raw",
-                "pairs_accepted",
-                "rejected_by_reason",
-                "retries",
-                "latency_p50_s",
-                "latency_p95_s",
-            }
-        )
+        return SynthesisFigures.model_validate(self.model_dump(include=set(SynthesisFigures.model_fields)))
+
+    def contamination_figures(self) -> ContaminationFigures:
+        """The run report's ``contamination`` block, as synthesis leaves it."""
+        fields = set(ContaminationFigures.model_fields) - {"rewrites_checked", "rewrites_removed"}
+        return ContaminationFigures.model_validate(self.model_dump(include=fields))
 
 
 # --- augment ----------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from docqa.figures import RegistryRecord
 from docqa.outputs import (
     PRETRAIN_ADAPTER,
     SFT_ADAPTER,
@@ -81,7 +81,7 @@ def register_and_promote(
     recipe: Recipe,
     package: Path,
     rescore: Callable[[Path], dict[str, float]],
-) -> dict[str, Any]:
+) -> RegistryRecord:
     """Register the package (logged to the parent run as ``model``) as a new version and move
     ``champion`` or ``challenger`` to it.
 
@@ -120,16 +120,16 @@ def register_and_promote(
         verdict.champion_version,
     )
     apply_verdict(tracker.client, name, version, verdict)
-    record = {
-        "model_name": name,
-        "version": str(version.version),
-        "alias": verdict.alias,
-        "model_uri": f"models:/{name}/{version.version}",
-        "verdict": verdict.model_dump(),
-        "data_diff": diff.model_dump(),
-    }
+    record = RegistryRecord(
+        model_name=name,
+        version=str(version.version),
+        alias=verdict.alias,
+        model_uri=f"models:/{name}/{version.version}",
+        verdict=verdict,
+        data_diff=diff,
+    )
     path = package.parent / f"promotion-{name}-v{version.version}.json"
-    write_json_atomic(path, record)
+    write_json_atomic(path, record.model_dump(mode="json"))
     tracker.log_artifact(run_id, path, "registry")
     tracker.set_tags(
         run_id,

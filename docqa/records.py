@@ -143,14 +143,7 @@ class StageRecorder:
         )
         self.report.synthesis = output.report_figures()
         self.report.outputs["synthesis"] = output.path
-        self.report.contamination = output.model_dump(
-            include={
-                "eval_pairs_checked",
-                "eval_pairs_removed",
-                "knowledge_pairs_checked",
-                "knowledge_pairs_removed",
-            }
-        )
+        self.report.contamination = output.contamination_figures()
         figures = {
             "qa_train": output.qa_train,
             "qa_knowledge": output.qa_knowledge,
@@ -162,9 +155,9 @@ class StageRecorder:
             "contaminated": output.eval_pairs_removed + output.knowledge_pairs_removed,
         }
         metrics = {
-            **{k: v for k, v in self.report.synthesis.items() if k != "rejected_by_reason"},
+            **self.report.synthesis.model_dump(exclude={"rejected_by_reason"}),
             **{f"rejected_{reason}": n for reason, n in output.rejected_by_reason.items()},
-            **self.report.contamination,
+            **self.report.contamination.model_dump(exclude={"rewrites_checked", "rewrites_removed"}),
             "requests": requests,
             "chunks_near_duplicate": output.chunks_near_duplicate,
             "chunks_without_pairs": output.chunks_without_pairs,
@@ -190,8 +183,9 @@ class StageRecorder:
             augment_qa_texts=output.qa_texts,
         )
         self.report.outputs["augment"] = output.path
-        self.report.contamination["rewrites_checked"] = output.rewrites_made
-        self.report.contamination["rewrites_removed"] = output.rewrites_contaminated
+        if self.report.contamination is not None:  # synthesis's block, which augmentation completes
+            self.report.contamination.rewrites_checked = output.rewrites_made
+            self.report.contamination.rewrites_removed = output.rewrites_contaminated
         figures = {
             "rewrites": output.rewrites_kept,
             "qa_texts": output.qa_texts,

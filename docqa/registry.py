@@ -18,8 +18,8 @@ from typing import Any, Literal
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel
 
+from docqa.figures import DataDiff, Verdict
 from docqa.hashing import json_digest
 from docqa.outputs import EvalOutput, read_generations
 from docqa.package import PackagedDocument
@@ -53,15 +53,6 @@ def heldout_digest(evaluation: EvalOutput, eval_documents: list[str], settings: 
     questions = [(g.set, g.question, g.reference) for g in read_generations(Path(evaluation.path))]
     scoring = settings.model_dump(mode="json", exclude={"sample_generations", "batch_size", "llm_judge"})
     return json_digest({"documents": sorted(eval_documents), "questions": questions, "settings": scoring})
-
-
-class Verdict(BaseModel):
-    alias: Literal["champion", "challenger"]
-    reasons: list[str]
-    champion_version: str | None  # the champion compared against (None: there was none)
-    compared_on: Literal["same-heldout", "rescored", "none"]
-    candidate: dict[str, float]
-    champion: dict[str, float] | None
 
 
 def decide(
@@ -108,16 +99,6 @@ def decide(
         candidate=candidate,
         champion=champion,
     )
-
-
-class DataDiff(BaseModel):
-    """What the new version was trained and evaluated on, against the champion's data."""
-
-    champion_version: str | None
-    documents_added: list[str]
-    documents_removed: list[str]
-    documents_unchanged: int
-    qa: dict[str, dict[str, int]]  # split → {"candidate": n, "champion": n}
 
 
 def data_diff(

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from docqa.figures import EvaluationFigures
+from docqa.figures import EvaluationFigures, RegistryRecord
+from docqa.outputs import ContaminationFigures, SynthesisFigures
 from docqa.secrets import redact
 from docqa.settings import STAGES
 from docqa.workspace import write_text_atomic
@@ -77,14 +78,14 @@ class RunReport(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)  # trainable parameters
     evaluation: EvaluationFigures | None = None  # knowledge, memorisation, control; knowledge_gain
-    synthesis: dict[str, Any] = Field(default_factory=dict)
-    contamination: dict[str, Any] = Field(default_factory=dict)
+    synthesis: SynthesisFigures | None = None  # every chunk and pair accounted for (None: not run)
+    contamination: ContaminationFigures | None = None  # what decontamination checked and removed
     outputs: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict)
     # lineage: the document set by content, and what changed since the last completed run here
     corpus_fingerprint: str | None = None
     documents_changed: dict[str, list[str]] | None = None  # added, changed, removed (paths)
-    registry: dict[str, Any] = Field(default_factory=dict)  # model version, alias, verdict, data diff
+    registry: RegistryRecord | None = None  # model version, alias, verdict, data diff (None: not registered)
     # MLflow runs of this workspace left RUNNING by a process that died (kill -9), marked KILLED now
     stale_runs_killed: list[str] = Field(default_factory=list)
 

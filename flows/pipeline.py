@@ -430,12 +430,7 @@ def _run_stages(
             return headline_metrics(scored)
 
         run.report.registry = register_and_promote(run.tracker, run.report, recipe, package, rescore)
-        run.logger.info(
-            "registry: %s is %s (%s)",
-            run.report.registry["model_uri"],
-            run.report.registry["alias"],
-            "; ".join(run.report.registry["verdict"]["reasons"]),
-        )
+        run.logger.info("registry: %s", run.report.registry.summary())
     if not evaluation.figures.forgetting.passed:
         run.logger.warning(
             "forgetting gate failed: general-text perplexity rose %.3f× (evaluate.max_forgetting_ratio %s); "

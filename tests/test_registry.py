@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from docqa.figures import RegistryRecord
 from docqa.outputs import BaseModelRef
 from docqa.package import ModelManifest, PackagedDocument, read_manifest, resolve_model, write_package
 from docqa.promotion import register_and_promote
@@ -106,7 +107,7 @@ class Runs:
         self.rescored.append(read_manifest(champion).metrics["knowledge_gain"])
         return self.rescore_figures
 
-    def register(self, metrics: dict[str, float], heldout: str, documents: dict[str, str]) -> dict:
+    def register(self, metrics: dict[str, float], heldout: str, documents: dict[str, str]) -> RegistryRecord:
         report = RunReport(flow_run_id="f", flow_run_name="r", recipe="gate", workspace="w", docs="d")
         report.documents = [
             DocumentReport(
@@ -141,16 +142,16 @@ def test_the_champion_moves_only_when_beaten_on_the_same_heldout_data(tmp_path, 
     docs = {"a.pdf": "1", "b.pdf": "2"}
 
     first = runs.register(figures(0.20), "heldout-A", docs)
-    assert (first["version"], first["alias"]) == ("1", "champion")
+    assert (first.version, first.alias) == ("1", "champion")
 
     worse = runs.register(figures(0.15), "heldout-A", docs)
-    assert worse["alias"] == "challenger" and worse["verdict"]["compared_on"] == "same-heldout"
+    assert worse.alias == "challenger" and worse.verdict.compared_on == "same-heldout"
     assert client.get_model_version_by_alias("docqa-gate", "champion").version == 1
     assert runs.rescored == []  # same questions: the registered figures are compared
 
     better = runs.register(figures(0.25), "heldout-A", {**docs, "c.pdf": "3"})
-    assert better["alias"] == "champion" and better["verdict"]["champion"]["knowledge_gain"] == 0.20
-    assert better["data_diff"]["documents_added"] == ["c.pdf"]
+    assert better.alias == "champion" and better.verdict.champion["knowledge_gain"] == 0.20
+    assert better.data_diff.documents_added == ["c.pdf"]
     assert client.get_model_version_by_alias("docqa-gate", "champion").version == 3
     assert client.get_model_version_by_alias("docqa-gate", "challenger").version == 2
 
@@ -158,13 +159,13 @@ def test_the_champion_moves_only_when_beaten_on_the_same_heldout_data(tmp_path, 
     runs.rescore_figures = figures(0.05)
     moved = runs.register(figures(0.10), "heldout-B", docs)
     assert runs.rescored == [0.25]  # the champion's package was fetched and scored
-    assert moved["verdict"]["compared_on"] == "rescored" and moved["alias"] == "champion"
-    assert moved["data_diff"]["documents_removed"] == ["c.pdf"]
+    assert moved.verdict.compared_on == "rescored" and moved.alias == "champion"
+    assert moved.data_diff.documents_removed == ["c.pdf"]
 
-    version = client.get_model_version("docqa-gate", moved["version"])
+    version = client.get_model_version("docqa-gate", moved.version)
     assert version.tags["docqa.promotion"] == "champion"
     assert float(version.tags["docqa.metric.knowledge_gain"]) == 0.10
     champion = resolve_model("models:/docqa-gate@champion", runs.tracker.uri)
     assert read_manifest(champion).heldout_digest == "heldout-B"
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "registry")}
-    assert artifacts == {f"registry/promotion-docqa-gate-v{moved['version']}.json"}
+    assert artifacts == {f"registry/promotion-docqa-gate-v{moved.version}.json"}
