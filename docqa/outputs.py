@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from docqa.figures import EvaluationFigures
+from docqa.figures import EvaluationFigures, metric_values, stage_figures
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
 from docqa.split import ChunkSide
@@ -81,6 +81,28 @@ class IngestOutput(StageOutput):
     def cache_digest(self) -> str:
         return self.content_digest
 
+    def key_figures(self, cached: bool) -> IngestFigures:
+        """The report table's figures (a cached stage extracted nothing now)."""
+        return IngestFigures(
+            documents=self.documents, ok=self.documents_ok, failed=self.documents_failed,
+            duplicates=self.documents_duplicate, pages=self.pages, hidden_chars=self.hidden_text_chars,
+            extracted_now=0 if cached else self.extracted,
+        )  # fmt: skip
+
+    def metrics(self, cached: bool) -> dict[str, float]:
+        """The stage run's MLflow metrics."""
+        return self.key_figures(cached).model_dump()
+
+
+class IngestFigures(BaseModel):
+    documents: int
+    ok: int
+    failed: int
+    duplicates: int
+    pages: int
+    hidden_chars: int
+    extracted_now: int
+
 
 def read_documents(path: Path) -> list[DocumentRecord]:
     """The records of a published ingest folder, in input order."""
@@ -143,6 +165,28 @@ class ChunkOutput(StageOutput):
     instruction_like_dropped: int  # of those, left out (chunk.drop_instruction_like)
     chunked: int  # documents chunked in this call
     reused: int  # documents taken from the per-document store
+
+    def key_figures(self, cached: bool) -> ChunkFigures:
+        """The report table's figures (a cached stage chunked nothing now)."""
+        return ChunkFigures(
+            chunks=self.chunks, train_docs=self.train_documents, eval_docs=self.eval_documents,
+            duplicate_chunks=self.duplicate_chunks, short_dropped=self.short_chunks_dropped,
+            instruction_like=self.instruction_like_chunks, chunked_now=0 if cached else self.chunked,
+        )  # fmt: skip
+
+    def metrics(self, cached: bool) -> dict[str, float]:
+        """The stage run's MLflow metrics."""
+        return self.key_figures(cached).model_dump()
+
+
+class ChunkFigures(BaseModel):
+    chunks: int
+    train_docs: int
+    eval_docs: int
+    duplicate_chunks: int
+    short_dropped: int
+    instruction_like: int
+    chunked_now: int
 
 
 def chunks_file(chunk_path: Path) -> Path:
@@ -258,8 +302,46 @@ class SynthesizeOutput(StageOutput):
 
     def contamination_figures(self) -> ContaminationFigures:
         """The run report's ``contamination`` block, as synthesis leaves it."""
-        fields = set(ContaminationFigures.model_fields) - {"rewrites_checked", "rewrites_removed"}
-        return ContaminationFigures.model_validate(self.model_dump(include=fields))
+        return ContaminationFigures.model_validate(self.model_dump(include=SYNTHESIS_CONTAMINATION))
+
+    def requests_now(self, cached: bool) -> int:
+        return 0 if cached else self.requests
+
+    def key_figures(self, cached: bool) -> SynthesizeKeyFigures:
+        """The report table's figures."""
+        return SynthesizeKeyFigures(
+            qa_train=self.qa_train, qa_knowledge=self.qa_knowledge, qa_eval=self.qa_eval,
+            requests=self.requests_now(cached), failed=self.chunks_failed, unparsed=self.replies_unparsed,
+            rejected=self.pairs_rejected, contaminated=self.eval_pairs_removed + self.knowledge_pairs_removed,
+        )  # fmt: skip
+
+    def metrics(self, cached: bool) -> dict[str, float]:
+        """The stage run's MLflow metrics: the report's blocks, rejections by reason, requests."""
+        return {
+            **self.report_figures().model_dump(exclude={"rejected_by_reason"}),
+            **{f"rejected_{reason}": n for reason, n in self.rejected_by_reason.items()},
+            **self.model_dump(include=SYNTHESIS_CONTAMINATION),
+            "requests": self.requests_now(cached),
+            "chunks_near_duplicate": self.chunks_near_duplicate,
+            "chunks_without_pairs": self.chunks_without_pairs,
+            "judge_failed": self.judge_failed,
+        }
+
+
+SYNTHESIS_CONTAMINATION = {
+    "eval_pairs_checked", "eval_pairs_removed", "knowledge_pairs_checked", "knowledge_pairs_removed",
+}  # fmt: skip
+
+
+class SynthesizeKeyFigures(BaseModel):
+    qa_train: int
+    qa_knowledge: int
+    qa_eval: int
+    requests: int
+    failed: int
+    unparsed: int
+    rejected: int
+    contaminated: int
 
 
 # --- augment ----------------------------------------------------------------------------------------
@@ -290,6 +372,31 @@ class AugmentOutput(StageOutput):
     @property
     def complete(self) -> bool:
         return self.rewrites_failed == 0
+
+    def key_figures(self, cached: bool) -> AugmentFigures:
+        """The report table's figures (a cached stage made no request now)."""
+        return AugmentFigures(
+            rewrites=self.rewrites_kept, qa_texts=self.qa_texts, failed=self.rewrites_failed,
+            empty=self.rewrites_empty, contaminated=self.rewrites_contaminated,
+            requests=0 if cached else self.requests,
+        )  # fmt: skip
+
+    def metrics(self, cached: bool) -> dict[str, float]:
+        """The stage run's MLflow metrics: every count, and the rewrites kept per kind."""
+        return {
+            **self.model_dump(include=AUGMENT_COUNTS),
+            **{f"kept_{kind}": n for kind, n in self.kept_by_kind.items()},
+            "requests": 0 if cached else self.requests,
+        }
+
+
+class AugmentFigures(BaseModel):
+    rewrites: int
+    qa_texts: int
+    failed: int
+    empty: int
+    contaminated: int
+    requests: int
 
 
 AUGMENT_COUNTS = {"chunks", "rewrites_planned", "rewrites_made", "rewrites_failed", "rewrites_empty",
@@ -323,6 +430,27 @@ class TrainOutput(StageOutput):
         fields = {k: metrics[k] for k in cls.model_fields if k in metrics}
         return cls(path=str(folder), digest=digest, adapter_path=str(folder / ADAPTER_DIR), **fields)
 
+    def key_figures(self) -> TrainFigures:
+        """The report table's figures."""
+        return TrainFigures(
+            steps=self.steps, train_loss=round(self.train_loss, 4),
+            eval_loss=None if self.eval_loss is None else round(self.eval_loss, 4),
+            trainable=self.trainable_parameters, tokens=self.train_tokens, selected_step=self.selected_step,
+        )  # fmt: skip
+
+    def metrics(self) -> dict[str, float | None]:
+        """The stage run's MLflow metrics: the key figures, as the final values of the run."""
+        return {f"final_{k}": v for k, v in self.key_figures().model_dump().items()}
+
+
+class TrainFigures(BaseModel):
+    steps: int
+    train_loss: float
+    eval_loss: float | None
+    trainable: int
+    tokens: int
+    selected_step: int | None
+
 
 def with_perplexity(values: dict[str, float]) -> dict[str, float]:
     """Adds ``eval_perplexity`` (exp of the held-out eval loss) to a log line that has ``eval_loss``."""
@@ -345,6 +473,14 @@ class EvalOutput(StageOutput):
     @property
     def forgetting_passed(self) -> bool:
         return self.figures.forgetting.passed
+
+    def key_figures(self) -> dict[str, float | str | None]:
+        """The report table's figures: the headline of :func:`docqa.figures.stage_figures`."""
+        return stage_figures(self.figures)
+
+    def metrics(self) -> dict[str, float]:
+        """The MLflow metrics of the stage run and the parent run (:func:`docqa.figures.metric_values`)."""
+        return metric_values(self.figures)
 
 
 class Generation(BaseModel):

@@ -9,9 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from docqa.figures import metric_values, stage_figures
 from docqa.outputs import (
-    AUGMENT_COUNTS,
     AUGMENT_TEXTS_FILE,
     LOG_HISTORY_FILE,
     AugmentOutput,
@@ -79,22 +77,13 @@ class StageRecorder:
             documents_with_hidden_text=output.documents_with_hidden_text,
             hidden_text_chars=output.hidden_text_chars,
         )
-        figures = {
-            "documents": output.documents,
-            "ok": output.documents_ok,
-            "failed": output.documents_failed,
-            "duplicates": output.documents_duplicate,
-            "pages": output.pages,
-            "hidden_chars": output.hidden_text_chars,
-            "extracted_now": 0 if cached else output.extracted,
-        }
-        self.tracker.log_metrics(run_id, figures)
+        self.tracker.log_metrics(run_id, output.metrics(cached))
         rows = [
             d.model_dump(include={"path", "sha256", "status", "reason", "pages", "title", "hidden_text"})
             for d in self.report.documents
         ]
         self.tracker.log_table(run_id, rows, "documents.json")
-        return figures
+        return output.key_figures(cached).model_dump()
 
     def _chunk(self, run_id: str, output: ChunkOutput, cached: bool) -> dict[str, Any]:
         per_document = read_document_chunks(Path(output.path))
@@ -116,54 +105,25 @@ class StageRecorder:
         self.report.instruction_like_chunks = [
             FlaggedChunk.model_validate(entry) for entry in read_flagged_chunks(Path(output.path))
         ]
-        figures = {
-            "chunks": output.chunks,
-            "train_docs": output.train_documents,
-            "eval_docs": output.eval_documents,
-            "duplicate_chunks": output.duplicate_chunks,
-            "short_dropped": output.short_chunks_dropped,
-            "instruction_like": output.instruction_like_chunks,
-            "chunked_now": 0 if cached else output.chunked,
-        }
-        self.tracker.log_metrics(run_id, figures)
+        self.tracker.log_metrics(run_id, output.metrics(cached))
         frame = pd.read_parquet(chunks_file(Path(output.path)))
         for target in (run_id, self.report.mlflow_run_id):
             self.tracker.log_dataset(
                 target, frame, "chunks", output.digest, chunks_file(Path(output.path)), "pretraining"
             )
-        return figures
+        return output.key_figures(cached).model_dump()
 
     def _synthesize(self, run_id: str, output: SynthesizeOutput, cached: bool) -> dict[str, Any]:
-        requests = 0 if cached else output.requests
         self.report.counts.update(
             qa_train=output.qa_train,
             qa_knowledge=output.qa_knowledge,
             qa_eval=output.qa_eval,
-            synthesis_requests=requests,
+            synthesis_requests=output.requests_now(cached),
         )
         self.report.synthesis = output.report_figures()
         self.report.outputs["synthesis"] = output.path
         self.report.contamination = output.contamination_figures()
-        figures = {
-            "qa_train": output.qa_train,
-            "qa_knowledge": output.qa_knowledge,
-            "qa_eval": output.qa_eval,
-            "requests": requests,
-            "failed": output.chunks_failed,
-            "unparsed": output.replies_unparsed,
-            "rejected": output.pairs_rejected,
-            "contaminated": output.eval_pairs_removed + output.knowledge_pairs_removed,
-        }
-        metrics = {
-            **self.report.synthesis.model_dump(exclude={"rejected_by_reason"}),
-            **{f"rejected_{reason}": n for reason, n in output.rejected_by_reason.items()},
-            **self.report.contamination.model_dump(exclude={"rewrites_checked", "rewrites_removed"}),
-            "requests": requests,
-            "chunks_near_duplicate": output.chunks_near_duplicate,
-            "chunks_without_pairs": output.chunks_without_pairs,
-            "judge_failed": output.judge_failed,
-        }
-        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.log_metrics(run_id, output.metrics(cached))
         folder = Path(output.path)
         for split, context in (("train", "training"), ("knowledge", "evaluation"), ("eval", "evaluation")):
             file = qa_file(folder, split)
@@ -173,10 +133,9 @@ class StageRecorder:
         for name in SYNTHESIS_ARTIFACTS:
             if (folder / name).is_file():
                 self.tracker.log_artifact(run_id, folder / name, "synthesis")
-        return figures
+        return output.key_figures(cached).model_dump()
 
     def _augment(self, run_id: str, output: AugmentOutput, cached: bool) -> dict[str, Any]:
-        requests = 0 if cached else output.requests
         self.report.counts.update(
             augment_rewrites=output.rewrites_kept,
             augment_rewrites_contaminated=output.rewrites_contaminated,
@@ -186,20 +145,7 @@ class StageRecorder:
         if self.report.contamination is not None:  # synthesis's block, which augmentation completes
             self.report.contamination.rewrites_checked = output.rewrites_made
             self.report.contamination.rewrites_removed = output.rewrites_contaminated
-        figures = {
-            "rewrites": output.rewrites_kept,
-            "qa_texts": output.qa_texts,
-            "failed": output.rewrites_failed,
-            "empty": output.rewrites_empty,
-            "contaminated": output.rewrites_contaminated,
-            "requests": requests,
-        }
-        metrics = {
-            **output.model_dump(include=AUGMENT_COUNTS),
-            **{f"kept_{kind}": n for kind, n in output.kept_by_kind.items()},
-            "requests": requests,
-        }
-        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.log_metrics(run_id, output.metrics(cached))
         folder = Path(output.path)
         file = folder / AUGMENT_TEXTS_FILE
         frame = pd.read_parquet(file)
@@ -207,21 +153,13 @@ class StageRecorder:
             self.tracker.log_dataset(target, frame, "augmented", output.texts_digest, file, "pretraining")
         for name in ("chunk_accounting.jsonl", "contamination.json", "summary.json"):
             self.tracker.log_artifact(run_id, folder / name, "augment")
-        return figures
+        return output.key_figures(cached).model_dump()
 
     def _train(self, stage: str, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
         history = read_log_history(Path(output.path))
         if cached:  # a run that trained logged its curves live
             self.tracker.log_history(run_id, history)
-        figures = {
-            "steps": output.steps,
-            "train_loss": round(output.train_loss, 4),
-            "eval_loss": None if output.eval_loss is None else round(output.eval_loss, 4),
-            "trainable": output.trainable_parameters,
-            "tokens": output.train_tokens,
-            "selected_step": output.selected_step,
-        }
-        self.tracker.log_metrics(run_id, {f"final_{k}": v for k, v in figures.items()})
+        self.tracker.log_metrics(run_id, output.metrics())
         self.tracker.log_figure(run_id, loss_figure({stage: history}), f"{stage}_loss.png")
         self.tracker.log_artifact(run_id, Path(output.path) / LOG_HISTORY_FILE)
         self.report.outputs[f"{stage}_adapter"] = output.adapter_path
@@ -230,7 +168,7 @@ class StageRecorder:
         self.report.stages[stage].selected_step = output.selected_step
         if output.resumed_from_step is not None and not cached:
             self.tracker.set_tags(run_id, {"docqa.resumed_from_step": output.resumed_from_step})
-        return figures
+        return output.key_figures().model_dump()
 
     def _pretrain(self, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
         return self._train("pretrain", run_id, output, cached)
@@ -242,7 +180,7 @@ class StageRecorder:
     def _evaluate(self, run_id: str, output: EvalOutput, cached: bool) -> dict[str, Any]:
         figures = output.figures
         self.report.evaluation = figures
-        self.tracker.log_metrics(run_id, metric_values(figures))
+        self.tracker.log_metrics(run_id, output.metrics())
         rows = [g.model_dump() for g in read_generations(Path(output.path))]
         self.tracker.log_table(run_id, rows, "generations.json")
         self.tracker.log_artifact(run_id, Path(output.path) / "metrics.json")  # with error examples
@@ -250,7 +188,7 @@ class StageRecorder:
             run_id, {"docqa.forgetting_gate": "passed" if figures.forgetting.passed else "failed"}
         )
         self.report.outputs["evaluation"] = output.path
-        return stage_figures(figures)
+        return output.key_figures()
 
 
 def record_parent(
@@ -263,7 +201,7 @@ def record_parent(
     """The parent run: the evaluation's metrics and the combined loss curves (both adapters and the
     tokenizer go into the run's model package, logged as ``model``)."""
     run_id = report.mlflow_run_id
-    tracker.log_metrics(run_id, metric_values(evaluation.figures))
+    tracker.log_metrics(run_id, evaluation.metrics())
     tracker.log_metrics(run_id, {"trainable_parameters": tuned.trainable_parameters})
     histories = {
         "pretrain": read_log_history(Path(pretrained.path)),
