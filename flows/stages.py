@@ -52,10 +52,13 @@ def _stage_flow(stage: str, task, description: str):
     form and to validate a run's parameters), the task run as the pipeline runs it. The function stays
     this module's, so the deployment's entrypoint is ``flows/stages.py:<stage>_stage``."""
 
-    def run_stage(**parameters: Any) -> dict[str, Any]:
-        return _run(stage, task, parameters)
-
     signature = inspect.signature(task.fn, eval_str=True)  # the types, not their names in tasks/stages.py
+
+    def run_stage(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        bound = signature.bind(*args, **kwargs)  # Prefect passes positional parameters positionally
+        bound.apply_defaults()
+        return _run(stage, task, dict(bound.arguments))
+
     run_stage.__signature__ = signature.replace(return_annotation=dict[str, Any])
     run_stage.__annotations__ = {name: p.annotation for name, p in signature.parameters.items()}
     run_stage.__doc__ = task.fn.__doc__

@@ -3,9 +3,11 @@ pool templates render to NVIDIA device requests, and the pipeline re-trains on t
 
 from __future__ import annotations
 
+import inspect
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.flows import load_flow_from_entrypoint
@@ -134,3 +136,22 @@ def test_each_gpu_stage_flow_takes_its_tasks_parameters(monkeypatch):
         schema = parameter_schema(flow.fn)
         assert schema.model_dump() == parameter_schema(task.fn).model_dump()
         assert {"base", "model", "settings", "workspace"} <= set(schema.required)
+
+
+def test_a_stage_flow_takes_its_parameters_the_way_prefect_passes_them(monkeypatch):
+    """A worker calls the flow function with the parameters split into positional and keyword arguments
+    by the signature (Prefect's parameters_to_args_kwargs): each stage flow hands its task all of them."""
+    from prefect.utilities.callables import parameters_to_args_kwargs
+
+    import flows.stages as stages
+
+    handed: dict[str, Any] = {}
+    monkeypatch.setattr(stages, "_run", lambda stage, task, parameters: handed.update(parameters) or {})
+    for stage, flow in stages.STAGE_FLOWS.items():
+        names = list(inspect.signature(flow.fn).parameters)
+        parameters = {name: f"<{name}>" for name in names}
+        args, kwargs = parameters_to_args_kwargs(flow.fn, parameters)
+        assert args, f"{stage}: Prefect passes these positionally"
+        handed.clear()
+        flow.fn(*args, **kwargs)
+        assert handed == parameters, stage
