@@ -174,7 +174,7 @@ class StageRecorder:
         return self._train("pretrain", run_id, output, cached)
 
     def _sft(self, run_id: str, output: TrainOutput, cached: bool) -> dict[str, Any]:
-        self.report.metrics["trainable_parameters"] = output.trainable_parameters
+        self.report.metrics.trainable_parameters = output.trainable_parameters
         return self._train("sft", run_id, output, cached)
 
     def _evaluate(self, run_id: str, output: EvalOutput, cached: bool) -> dict[str, Any]:

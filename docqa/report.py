@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from docqa.figures import EvaluationFigures, RegistryRecord
-from docqa.outputs import ContaminationFigures, SynthesisFigures
+from docqa.outputs import BaseModelRef, ContaminationFigures, SynthesisFigures
 from docqa.secrets import redact
 from docqa.settings import STAGES
 from docqa.workspace import write_text_atomic
@@ -24,7 +24,7 @@ class StageReport(BaseModel):
     status: Literal["completed", "failed", "not_run"] = "not_run"
     cached: bool = False
     seconds: float = 0.0
-    figures: dict[str, Any] = Field(default_factory=dict)
+    figures: dict[str, int | float | str | None] = Field(default_factory=dict)  # the stage's key_figures()
     error: str | None = None
     mlflow_run_id: str | None = None
     resumed_from_step: int | None = None  # training stages: went on from this checkpoint's step
@@ -59,6 +59,17 @@ class FlaggedChunk(BaseModel):
     dropped: bool  # chunk.drop_instruction_like
 
 
+class BaseModelReport(BaseModelRef):
+    """The base the run trained on, and whether this run had to prepare it."""
+
+    built_now: bool  # converted or built by this run (an embedded or bootstrap base's first use)
+    seconds: float  # resolving (and preparing) it
+
+
+class RunMetrics(BaseModel):
+    trainable_parameters: int | None = None  # of the final model (the SFT stage's trainable weights)
+
+
 class RunReport(BaseModel):
     flow_run_id: str
     flow_run_name: str
@@ -71,12 +82,12 @@ class RunReport(BaseModel):
     stopped_after: str | None = None  # the stage a run asked to stop after (`docqa run --until`)
     started_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     finished_at: str | None = None
-    base_model: dict[str, Any] = Field(default_factory=dict)
+    base_model: BaseModelReport | None = None
     stages: dict[str, StageReport] = Field(default_factory=lambda: {s: StageReport() for s in STAGES})
     documents: list[DocumentReport] = Field(default_factory=list)
     instruction_like_chunks: list[FlaggedChunk] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)  # trainable parameters
+    metrics: RunMetrics = Field(default_factory=lambda: RunMetrics())
     evaluation: EvaluationFigures | None = None  # knowledge, memorisation, control; knowledge_gain
     synthesis: SynthesisFigures | None = None  # every chunk and pair accounted for (None: not run)
     contamination: ContaminationFigures | None = None  # what decontamination checked and removed

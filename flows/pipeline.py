@@ -31,7 +31,7 @@ from docqa.package import read_manifest
 from docqa.promotion import PACKAGE_ARTIFACT, package_run, register_and_promote
 from docqa.records import StageRecorder, record_parent
 from docqa.registry import headline_metrics
-from docqa.report import RunReport
+from docqa.report import BaseModelReport, RunReport
 from docqa.review import markdown_cell, review_markdown
 from docqa.sample_corpus import ensure_sample_corpus
 from docqa.secrets import redact
@@ -348,11 +348,9 @@ def _run_stages(
     files = fingerprint_files(list_documents(docs_dir, recipe.ingest), local_digests(docs, seen))
     started = time.perf_counter()
     base, built = base_model_task(recipe.model)
-    run.report.base_model = {
-        **base.model_dump(),
-        "built_now": built,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    run.report.base_model = BaseModelReport(
+        **base.model_dump(), built_now=built, seconds=round(time.perf_counter() - started, 2)
+    )
     run.tracker.set_tags(
         run.report.mlflow_run_id, {"docqa.base_model": base.path, "docqa.base_digest": base.digest}
     )
