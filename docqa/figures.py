@@ -306,21 +306,34 @@ def _interval(gain: KnowledgeGain) -> str:
     return f", 95% interval {low:+.3f} to {high:+.3f}"
 
 
-def stage_figures(figures: EvaluationFigures) -> dict[str, float | str | None]:
+class EvaluateKeyFigures(BaseModel):
+    """The evaluate stage's key figures in the run table (and a sweep's comparison row)."""
+
+    knowledge_gain: float | None
+    knowledge_base: float | None
+    knowledge_final: float | None
+    control_final: float | None
+    memorisation_final: float | None
+    rag_recovery: float | None
+    forgetting_ratio: float | None
+    forgetting_gate: Literal["passed", "FAILED"]
+
+
+def stage_figures(figures: EvaluationFigures) -> EvaluateKeyFigures:
     """The evaluate stage's key figures in the run table."""
     knowledge = figures.sets.get("knowledge")
     memorisation = figures.sets.get("memorisation")
     control = figures.sets.get("control")
-    return {
-        "knowledge_gain": _round(figures.knowledge_gain.value),
-        "knowledge_base": _round(knowledge.recall("base")) if knowledge else None,
-        "knowledge_final": _round(knowledge.recall("final")) if knowledge else None,
-        "control_final": _round(control.recall("final")) if control else None,
-        "memorisation_final": _round(memorisation.recall("final")) if memorisation else None,
-        "rag_recovery": _round(figures.rag_recovery),
-        "forgetting_ratio": _round(figures.forgetting.ratio, 3),
-        "forgetting_gate": "passed" if figures.forgetting.passed else "FAILED",
-    }
+    return EvaluateKeyFigures(
+        knowledge_gain=_round(figures.knowledge_gain.value),
+        knowledge_base=_round(knowledge.recall("base")) if knowledge else None,
+        knowledge_final=_round(knowledge.recall("final")) if knowledge else None,
+        control_final=_round(control.recall("final")) if control else None,
+        memorisation_final=_round(memorisation.recall("final")) if memorisation else None,
+        rag_recovery=_round(figures.rag_recovery),
+        forgetting_ratio=_round(figures.forgetting.ratio, 3),
+        forgetting_gate="passed" if figures.forgetting.passed else "FAILED",
+    )
 
 
 # --- the registry's gate -------------------------------------------------------------------------

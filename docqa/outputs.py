@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from docqa.figures import EvaluationFigures, metric_values, stage_figures
+from docqa.figures import EvaluateKeyFigures, EvaluationFigures, metric_values, stage_figures
 from docqa.hashing import json_digest, sha256_file, tree_digest
 from docqa.settings import BootstrapSettings
 from docqa.split import ChunkSide
@@ -474,7 +474,7 @@ class EvalOutput(StageOutput):
     def forgetting_passed(self) -> bool:
         return self.figures.forgetting.passed
 
-    def key_figures(self) -> dict[str, float | str | None]:
+    def key_figures(self) -> EvaluateKeyFigures:
         """The report table's figures: the headline of :func:`docqa.figures.stage_figures`."""
         return stage_figures(self.figures)
 

@@ -188,7 +188,7 @@ class StageRecorder:
             run_id, {"docqa.forgetting_gate": "passed" if figures.forgetting.passed else "failed"}
         )
         self.report.outputs["evaluation"] = output.path
-        return output.key_figures()
+        return output.key_figures().model_dump()
 
 
 def record_parent(

@@ -48,7 +48,7 @@ def comparison_row(name: str, overrides: list[str], report: dict[str, Any]) -> d
         "overrides": " ".join(overrides) or "(recipe as is)",
         "pretrain_eval_loss": stages["pretrain"]["figures"].get("eval_loss"),
         "sft_eval_loss": stages["sft"]["figures"].get("eval_loss"),
-        **stage_figures(figures),
+        **stage_figures(figures).model_dump(),
         "trainable": report["metrics"]["trainable_parameters"],
         "cached_stages": ",".join(s for s in STAGES if stages[s]["cached"]) or "-",
         "mlflow_run_id": report["mlflow_run_id"],
