@@ -53,7 +53,8 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path, has_eval: bool)
         "per_device_train_batch_size": settings.batch_size,
         "per_device_eval_batch_size": settings.batch_size,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-        "gradient_checkpointing": settings.gradient_checkpointing,
+        # transformers 5's name; "gradient_checkpointing" is its deprecated alias (a FutureWarning a run)
+        "activation_checkpointing": settings.gradient_checkpointing,
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler,
         "warmup_steps": settings.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
