@@ -471,6 +471,19 @@ class PretrainSettings(TrainSettings):
         "documents) or 'distill' (the base model's own next-token distribution: the KL divergence from the "
         "base, read with the adapter switched off, so the general text pulls the model back to the base)",
     )
+    replay_weight: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="with replay_loss 'distill': the weight of a replayed block's KL divergence against a "
+        "document block's cross-entropy (the KL is small while the model is near the base, so at 1 the "
+        "documents' pull outweighs it as training goes on; higher holds the base harder)",
+    )
+
+    def _problems(self) -> list[str]:
+        if self.replay_weight != 1.0 and self.replay_loss != "distill":
+            return ["replay_weight weighs the distilled replay: it needs replay_loss: distill"]
+        return []
 
 
 class SFTSettings(TrainSettings):

@@ -130,9 +130,25 @@ def test_distilled_replay_asks_the_adapter_to_keep_the_base_on_general_blocks(ti
     loss = trainer.compute_loss(model, dict(general))
     loss.backward()
     assert loss.item() > 1e-3
+    # replay_weight scales the general blocks' KL only: the documents' cross-entropy stays as it was
+    model.eval()  # no LoRA dropout: the same loss twice
+    weighted = DistilledReplayTrainer(model=model, args=args, replay_weight=4.0)
+    plain = trainer.compute_loss(model, dict(general)).item()
+    assert weighted.compute_loss(model, dict(general)).item() == pytest.approx(4 * plain, rel=1e-4)
+    assert weighted.compute_loss(model, dict(domain)).item() == pytest.approx(
+        trainer.compute_loss(model, dict(domain)).item(), rel=1e-6
+    )
     assert any(
         w.grad is not None and w.grad.abs().sum() > 0 for n, w in model.named_parameters() if "lora" in n
     )
+
+
+def test_replay_weight_needs_distilled_replay():
+    from docqa.settings import PretrainSettings
+
+    assert PretrainSettings(replay_loss="distill", replay_weight=5).replay_weight == 5
+    with pytest.raises(ValueError, match=r"replay_weight .* needs replay_loss: distill"):
+        PretrainSettings(replay_loss="tokens", replay_weight=5)
 
 
 def test_a_pretraining_run_with_distilled_replay_publishes_a_changed_adapter(prepared, tiny_base, tmp_path):

@@ -95,6 +95,10 @@ class DistilledReplayTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
 
+    def __init__(self, *args, replay_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.replay_weight = replay_weight  # the KL's weight against the documents' cross-entropy
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replay = inputs.pop("replay", None)
         inputs.pop("labels", None)  # blocks are all tokens: the targets are the inputs shifted by one
@@ -106,7 +110,7 @@ class DistilledReplayTrainer(Trainer):
             rows = replay.bool()
             peft_model = self.accelerator.unwrap_model(model)
             kl = kl_from_base(peft_model, input_ids[rows], log_probs[rows])[:, :-1]
-            per_token = per_token.masked_scatter(rows[:, None].expand_as(per_token), kl)
+            per_token = per_token.masked_scatter(rows[:, None].expand_as(per_token), kl * self.replay_weight)
         loss = per_token.mean()
         return (loss, outputs) if return_outputs else loss
 
@@ -149,8 +153,10 @@ def pretrain(
     model = pretrain_model(base, model_settings, settings)
     with training_dir(checkpoint_dir, out_root) as work_dir:
         distill = settings.replay_loss == "distill" and counts["general_blocks"] > 0
+        replay = {"replay_weight": settings.replay_weight} if distill else {}
         trainer = (DistilledReplayTrainer if distill else Trainer)(
             model=model,
+            **replay,
             args=TrainingArguments(
                 **trainer_arguments(settings, work_dir, has_eval=len(eval_blocks) > 0),
                 train_sampling_strategy="sequential" if settings.pairs_first else "random",
