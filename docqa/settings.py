@@ -643,14 +643,16 @@ class Recipe(_Settings):
     # each fact three times in three forms (the chunk, a facts list, entity notes) and the SFT pairs
     # mixed in: the lever that moved the knowledge set on the sample corpus (docs/evaluation.md)
     augment: AugmentSettings = AugmentSettings(kinds=["facts", "entities"], versions_per_chunk=2, mix_qa=True)
-    # no LoRA dropout: it costs a tenth of the step time on a CPU, and one epoch over a small corpus is
-    # meant to store its facts, not to generalise past them; batch 1 at 3e-3: four times the updates of
-    # batch 4 for the same tokens, which is what made facts stick (and what raises forgetting). A quarter
-    # of the blocks replay general text trained toward the base's own distribution (distilled), and SFT
-    # holds the base's distribution on general text too: forgetting 1.77x -> 1.05x, and more knowledge
+    # no LoRA dropout: it costs a tenth of the step time on a CPU, and a few epochs over a small corpus
+    # are meant to store its facts, not to generalise past them; batch 1: four times the updates of batch
+    # 4 for the same tokens, which is what made facts stick (and what raises forgetting). Two epochs at
+    # 1.5e-3 memorise every trained question and keep forgetting where one epoch at 3e-3 had it (two at
+    # 3e-3 know more but fail the gate, 1.21x). A quarter of the blocks replay general text trained
+    # toward the base's own distribution (distilled), and SFT holds the base's distribution on general
+    # text too: forgetting 1.77x -> 1.05x, and more knowledge
     pretrain: PretrainSettings = PretrainSettings(
-        learning_rate=3e-3,
-        epochs=1.0,
+        learning_rate=1.5e-3,
+        epochs=2.0,
         batch_size=1,
         eval_steps=80,
         lora=LoraSettings(r=32, alpha=64, dropout=0.0),
