@@ -120,7 +120,8 @@ def read_documents(folder: Path) -> list[PackagedDocument]:
 def resolve_model(reference: str, tracking_uri: str | None = None) -> Path:
     """A local package folder for ``reference``: a folder as it is; ``models:/name@alias``,
     ``models:/name/version``, ``runs:/id/model`` or a bare MLflow run id downloaded from the tracking
-    server (once per registered version or run: the download is kept under the docqa cache)."""
+    server (once per registered version or run: the download is kept under the docqa cache, keyed by the
+    version's run and artifact location, since versions are numbered per tracking store)."""
     folder = Path(reference)
     if folder.is_dir():
         read_manifest(folder)
@@ -135,7 +136,11 @@ def resolve_model(reference: str, tracking_uri: str | None = None) -> Path:
         # the version's own artifact location: no global registry URI involved
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         name, version = _registered_version(client, reference)
-        key, source = f"{name}-v{version}", client.get_model_version_download_uri(name, version)
+        source = client.get_model_version_download_uri(name, version)
+        # every tracking store numbers its versions from 1: the key names the version's own run and
+        # artifacts too, so that another workspace's "v1" is never served from this cache
+        origin = client.get_model_version(name, version)
+        key = f"{name}-v{version}-{json_digest({'run': origin.run_id, 'source': source})[:12]}"
     elif reference.startswith("runs:/"):
         key = reference.removeprefix("runs:/").replace("/", "-")
     else:

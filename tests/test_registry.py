@@ -169,3 +169,16 @@ def test_the_champion_moves_only_when_beaten_on_the_same_heldout_data(tmp_path, 
     assert read_manifest(champion).heldout_digest == "heldout-B"
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "registry")}
     assert artifacts == {f"registry/promotion-docqa-gate-v{moved.version}.json"}
+
+
+def test_each_tracking_store_s_version_1_resolves_to_its_own_package(tmp_path, monkeypatch):
+    """Every store numbers its versions from 1; one machine-wide download cache must not hand one
+    workspace's v1 to another."""
+    monkeypatch.setenv("DOCQA_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = Runs(tmp_path / "first"), Runs(tmp_path / "second")
+    assert first.register(figures(0.20), "heldout-first", {"a.pdf": "1"}).version == "1"
+    assert second.register(figures(0.30), "heldout-second", {"b.pdf": "2"}).version == "1"
+    folders = [resolve_model("models:/docqa-gate/1", runs.tracker.uri) for runs in (first, second, first)]
+    held_out = [read_manifest(folder).heldout_digest for folder in folders]
+    assert held_out == ["heldout-first", "heldout-second", "heldout-first"]
+    assert folders[0] == folders[2] != folders[1]  # each store's download is kept and reused
