@@ -112,15 +112,15 @@ def main(overrides: list[str]) -> None:
     gains = [gain_of(report) for report in (base_report, ours_report)]
     questions = {k: v for k, v in base_report["counts"].items() if k.startswith("qa_")}
     same = "" if all(ours_report["counts"].get(k) == v for k, v in questions.items()) else " NOT the same"
-    if gains[0] is not None and gains[0] > 0 and gains[1] is not None:
+    if None in gains:
+        ratio = "the ratio is not defined: a run has no knowledge gain"
+    elif gains[0] > 0:
         ratio = f"**{gains[1] / gains[0]:.2f}×** the baseline's"
-    elif gains[0] is not None and gains[1] is not None:
+    else:
         ratio = (
             f"the ratio is not defined, the baseline's gain not being positive; the default gains "
             f"{_f(gains[1] - gains[0], True)} more"
         )
-    else:
-        ratio = "the ratio is not defined: a run has no knowledge gain"
     augment = ours_report["stages"]["augment"]["figures"]
     body = [
         "## Knowledge: the seed-shaped recipe vs docqa's default (`bench/knowledge.py`)",
